@@ -1,0 +1,158 @@
+// Package apikey defines the format of telkeys API keys: how they are
+// generated, parsed, hashed for storage and masked for display.
+//
+// A key is "tk_" + 30 base62 characters from crypto/rand (≈178 bits) + a
+// 6-character base62 CRC-32 of everything before it, as GitHub does for its
+// tokens. The checksum lets Parse reject typos and garbage before any lookup
+// and lets secret scanners recognise leaked keys offline. It is not a
+// security control: the random part is.
+package apikey
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"hash/crc32"
+)
+
+const (
+	// Prefix starts every key.
+	Prefix = "tk_"
+	// RandomLen is the number of random base62 characters (≈178.6 bits).
+	RandomLen = 30
+	// ChecksumLen is the number of base62 characters of the CRC-32.
+	ChecksumLen = 6
+	// Len is the total length of a key.
+	Len = len(Prefix) + RandomLen + ChecksumLen
+
+	alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+
+// Errors returned by Parse. They never contain the key itself.
+var (
+	ErrPrefix   = errors.New("apikey: missing tk_ prefix")
+	ErrLength   = errors.New("apikey: wrong length")
+	ErrAlphabet = errors.New("apikey: character outside base62")
+	ErrChecksum = errors.New("apikey: checksum mismatch")
+)
+
+// Hash is the SHA-256 of a whole key. It is what telkeys stores and looks up.
+type Hash [sha256.Size]byte
+
+// String returns the lowercase hex form used as a KV key.
+func (h Hash) String() string { return hex.EncodeToString(h[:]) }
+
+// ParseHash reads the hex form written by Hash.String.
+func ParseHash(s string) (Hash, error) {
+	var h Hash
+	if len(s) != hex.EncodedLen(len(h)) {
+		return h, errors.New("apikey: bad hash length")
+	}
+	_, err := hex.Decode(h[:], []byte(s))
+	return h, err
+}
+
+// Generate returns a new random key.
+func Generate() (string, error) {
+	var b [Len]byte
+	copy(b[:], Prefix)
+	if err := fillRandom(b[len(Prefix) : len(Prefix)+RandomLen]); err != nil {
+		return "", err
+	}
+	putChecksum(b[len(Prefix)+RandomLen:], checksum(string(b[:len(Prefix)+RandomLen])))
+	return string(b[:]), nil
+}
+
+// fillRandom writes uniformly distributed base62 characters, by rejection
+// sampling bytes from crypto/rand (248 = 4×62, so b%62 is unbiased below it).
+func fillRandom(dst []byte) error {
+	var buf [64]byte
+	for i := 0; i < len(dst); {
+		if _, err := rand.Read(buf[:]); err != nil {
+			return err
+		}
+		for _, c := range buf {
+			if c >= 248 {
+				continue
+			}
+			dst[i] = alphabet[c%62]
+			i++
+			if i == len(dst) {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// Parse checks that s is well formed: prefix, length, alphabet and checksum.
+// It does not allocate and never looks anything up.
+func Parse(s string) error {
+	if len(s) != Len {
+		return ErrLength
+	}
+	if s[:len(Prefix)] != Prefix {
+		return ErrPrefix
+	}
+	for i := len(Prefix); i < Len; i++ {
+		if !isBase62(s[i]) {
+			return ErrAlphabet
+		}
+	}
+	body := s[:len(Prefix)+RandomLen]
+	var want [ChecksumLen]byte
+	putChecksum(want[:], checksum(body))
+	if string(want[:]) != s[len(body):] {
+		return ErrChecksum
+	}
+	return nil
+}
+
+// HashOf returns the SHA-256 of the key. It does not validate it.
+func HashOf(key string) Hash { return sha256.Sum256([]byte(key)) }
+
+// Last4 returns the last four characters, which are checksum characters and
+// reveal nothing of the random part.
+func Last4(key string) string {
+	if len(key) < 4 {
+		return ""
+	}
+	return key[len(key)-4:]
+}
+
+// Mask returns the display form of a key from its last four characters.
+func Mask(last4 string) string { return Prefix + "…" + last4 }
+
+// Random returns the random part of a well-formed key; tests use it to prove
+// that no fragment of a secret leaked.
+func Random(key string) string {
+	if len(key) != Len {
+		return ""
+	}
+	return key[len(Prefix) : len(Prefix)+RandomLen]
+}
+
+// checksum is CRC-32 (IEEE) over a string. It is written out, table-driven,
+// because hash/crc32's optimised entry points make their argument escape,
+// which would cost Parse an allocation on the verify hot path.
+func checksum(s string) uint32 {
+	tab := crc32.IEEETable
+	crc := ^uint32(0)
+	for i := 0; i < len(s); i++ {
+		crc = tab[byte(crc)^s[i]] ^ crc>>8
+	}
+	return ^crc
+}
+
+func isBase62(c byte) bool {
+	return '0' <= c && c <= '9' || 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z'
+}
+
+// putChecksum writes v in base62, most significant digit first, zero padded.
+func putChecksum(dst []byte, v uint32) {
+	for i := len(dst) - 1; i >= 0; i-- {
+		dst[i] = alphabet[v%62]
+		v /= 62
+	}
+}

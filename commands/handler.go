@@ -1,0 +1,323 @@
+// Package commands decides and records changes: ConfigureTeamAccess,
+// SetPlatformFlag, CreateKey and DeleteKey. Each loads its aggregate's
+// state, checks the domain rules, and appends one event to the event stream
+// under per-aggregate optimistic concurrency.
+//
+// The write model of each aggregate is kept in memory and brought up to
+// date from the stream only when an append reports a conflict, so the
+// common path costs one publish. A cold load reads a snapshot plus a tail
+// that is never longer than snapshotEvery events, so loading does not cost
+// more as an aggregate's history grows.
+package commands
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/ulid/v2"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/telapi/telkeys/bus"
+	"github.com/telapi/telkeys/events"
+)
+
+const (
+	// maxAttempts bounds the decide-append loop under conflicts. Within one
+	// instance commands on an aggregate are serialised, so conflicts only
+	// come from other instances.
+	maxAttempts = 16
+	// snapshotEvery is how many events may follow the last snapshot.
+	snapshotEvery = 32
+	// snapshotVersion changes whenever a state struct changes incompatibly;
+	// older snapshots are then ignored and the aggregate is replayed.
+	snapshotVersion = 1
+	// typeHeader carries the event type so tools can filter without decoding.
+	typeHeader = "Telkeys-Type"
+)
+
+// Config wires a Handler.
+type Config struct {
+	JS        jetstream.JetStream
+	Events    jetstream.Stream
+	Snapshots jetstream.KeyValue
+	// Now is the clock; tests inject their own.
+	Now func() time.Time
+	Log *slog.Logger
+	// Observe, if set, is called once per command with its outcome.
+	Observe func(command string, err error, took time.Duration)
+}
+
+// Validate reports every missing dependency at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.JS == nil {
+		errs = append(errs, errors.New("commands: JetStream is required"))
+	}
+	if c.Events == nil {
+		errs = append(errs, errors.New("commands: event stream is required"))
+	}
+	if c.Snapshots == nil {
+		errs = append(errs, errors.New("commands: snapshot bucket is required"))
+	}
+	return errors.Join(errs...)
+}
+
+// Handler executes commands. It is safe for concurrent use.
+type Handler struct {
+	cfg        Config
+	mu         sync.Mutex
+	aggs       map[string]*aggregate
+	eventsRead atomic.Uint64
+}
+
+// EventsRead is how many stored events this handler has read back to bring
+// write models up to date: cold loads and conflicts. Appends it made itself
+// cost nothing here.
+func (h *Handler) EventsRead() uint64 { return h.eventsRead.Load() }
+
+// New returns a Handler.
+func New(cfg Config) (*Handler, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Observe == nil {
+		cfg.Observe = func(string, error, time.Duration) {}
+	}
+	return &Handler{cfg: cfg, aggs: map[string]*aggregate{}}, nil
+}
+
+// State is an aggregate's write model.
+type State interface {
+	Apply(events.Envelope, events.Payload)
+}
+
+// aggregate is the cached write model of one aggregate. mu serialises the
+// commands on it within this process.
+type aggregate struct {
+	mu        sync.Mutex
+	id        string
+	subject   string
+	loaded    bool
+	seq       uint64 // stream sequence of the last applied event; 0 = none
+	hash      []byte // hash of the last applied event
+	sinceSnap int    // events applied since the last snapshot we know of
+	state     State
+	newState  func() State
+}
+
+// Result is what an appended command produced.
+type Result struct {
+	Seq   uint64
+	Event events.Envelope
+}
+
+func (h *Handler) aggregate(id string, newState func() State) *aggregate {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	a, ok := h.aggs[id]
+	if !ok {
+		a = &aggregate{id: id, subject: bus.EventSubject(id), newState: newState, state: newState()}
+		h.aggs[id] = a
+	}
+	return a
+}
+
+// decideFunc checks the rules against the current state and returns the
+// event to append. It must be deterministic for a given state, because it
+// may run again after a conflict.
+type decideFunc func(State) (events.Payload, error)
+
+// execute runs decide against the aggregate and appends its event. On a
+// conflict it catches up and decides again, up to maxAttempts.
+func (h *Handler) execute(ctx context.Context, command, aggID string, newState func() State, actor events.Actor, decide decideFunc) (res Result, err error) {
+	start := time.Now()
+	defer func() { h.cfg.Observe(command, err, time.Since(start)) }()
+
+	a := h.aggregate(aggID, newState)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.loaded {
+		if err := h.load(ctx, a); err != nil {
+			return Result{}, err
+		}
+	}
+	// Every event id this command has tried to append. After a timeout or a
+	// conflict, finding one of them in the stream means the command landed:
+	// on an R1 stream a retried publish hits the sequence check before dedup
+	// and reports a conflict even though the first attempt was stored.
+	tried := map[string]bool{}
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		p, err := decide(a.state)
+		if err != nil {
+			return Result{}, err
+		}
+		ev, err := events.New("evt_"+ulid.Make().String(), aggID, actor, h.cfg.Now(), a.hash, p)
+		if err != nil {
+			return Result{}, err
+		}
+		tried[ev.ID] = true
+		ack, err := h.publish(ctx, a, ev)
+		if err == nil && !ack.Duplicate {
+			a.applyEvent(ack.Sequence, ev, p)
+			h.maybeSnapshot(ctx, a)
+			return Result{Seq: ack.Sequence, Event: ev}, nil
+		}
+		if err != nil && !isConflict(err) && !isUncertain(err) {
+			return Result{}, fmt.Errorf("commands: append %s: %w", command, err)
+		}
+		if ctx.Err() != nil {
+			return Result{}, ctx.Err()
+		}
+		found, err := h.catchUp(ctx, a, tried)
+		if err != nil {
+			return Result{}, err
+		}
+		if found != nil {
+			h.maybeSnapshot(ctx, a)
+			return *found, nil
+		}
+		if attempt > 0 { // two instances collided twice: back off a little
+			time.Sleep(time.Duration(rand.IntN(1000*(attempt+1))) * time.Microsecond)
+		}
+	}
+	return Result{}, ErrBusy
+}
+
+func (h *Handler) publish(ctx context.Context, a *aggregate, ev events.Envelope) (*jetstream.PubAck, error) {
+	data, err := ev.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	msg := &nats.Msg{Subject: a.subject, Data: data, Header: nats.Header{typeHeader: []string{string(ev.Type)}}}
+	return h.cfg.JS.PublishMsg(ctx, msg,
+		jetstream.WithMsgID(ev.ID),
+		jetstream.WithExpectLastSequencePerSubject(a.seq))
+}
+
+func (a *aggregate) applyEvent(seq uint64, ev events.Envelope, p events.Payload) {
+	a.state.Apply(ev, p)
+	a.seq = seq
+	a.hash = ev.Hash
+	a.sinceSnap++
+}
+
+// isConflict reports a failed expected-sequence check: 10071, or 10164 on
+// replicated streams.
+func isConflict(err error) bool {
+	var ae *jetstream.APIError
+	return errors.As(err, &ae) && (ae.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		ae.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// isUncertain reports an error after which the event may or may not have
+// been stored.
+func isUncertain(err error) bool {
+	var ae *jetstream.APIError
+	if errors.As(err, &ae) && ae.ErrorCode == 10158 { // duplicate message id is in process
+		return true
+	}
+	return errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrConnectionClosed) ||
+		errors.Is(err, nats.ErrDisconnected)
+}
+
+// load reads the latest snapshot of the aggregate, then its tail.
+func (h *Handler) load(ctx context.Context, a *aggregate) error {
+	a.state, a.seq, a.hash, a.sinceSnap = a.newState(), 0, nil, 0
+	entry, err := h.cfg.Snapshots.Get(ctx, a.id)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+	case err != nil:
+		return fmt.Errorf("commands: load snapshot %s: %w", a.id, err)
+	default:
+		var snap snapshot
+		if err := msgpack.Unmarshal(entry.Value(), &snap); err == nil && snap.Version == snapshotVersion {
+			st := a.newState()
+			if err := msgpack.Unmarshal(snap.State, st); err == nil {
+				a.state, a.seq, a.hash = st, snap.Seq, snap.Hash
+			}
+		}
+	}
+	if _, err := h.catchUp(ctx, a, nil); err != nil {
+		return err
+	}
+	a.loaded = true
+	return nil
+}
+
+// catchUp applies every event stored after a.seq on the aggregate's subject.
+// It returns the result of the first event whose id is in mine.
+func (h *Handler) catchUp(ctx context.Context, a *aggregate, mine map[string]bool) (*Result, error) {
+	var found *Result
+	for {
+		raw, err := h.cfg.Events.GetMsg(ctx, a.seq+1, jetstream.WithGetMsgSubject(a.subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return found, nil
+		}
+		if err != nil {
+			a.loaded = false // state may be partial: reload next time
+			return nil, fmt.Errorf("commands: read %s: %w", a.id, err)
+		}
+		ev, err := events.Unmarshal(raw.Data)
+		if err == nil {
+			err = ev.Verify(a.hash)
+		}
+		if err != nil {
+			a.loaded = false
+			return nil, fmt.Errorf("commands: %s at seq %d: %w", a.id, raw.Sequence, err)
+		}
+		p, err := ev.Decode()
+		if err != nil && !errors.Is(err, events.ErrUnknownType) {
+			a.loaded = false
+			return nil, fmt.Errorf("commands: %s at seq %d: %w", a.id, raw.Sequence, err)
+		}
+		a.applyEvent(raw.Sequence, ev, p)
+		h.eventsRead.Add(1)
+		if found == nil && mine[ev.ID] {
+			found = &Result{Seq: raw.Sequence, Event: ev}
+		}
+	}
+}
+
+type snapshot struct {
+	Version int                `msgpack:"v"`
+	Seq     uint64             `msgpack:"seq"`
+	Hash    []byte             `msgpack:"hash"`
+	State   msgpack.RawMessage `msgpack:"state"`
+}
+
+// maybeSnapshot stores the state when the tail has grown to snapshotEvery.
+// A failure only lengthens the next cold load, so it is logged, not returned.
+// Two instances may race; an older snapshot winning is still correct.
+func (h *Handler) maybeSnapshot(ctx context.Context, a *aggregate) {
+	if a.sinceSnap < snapshotEvery {
+		return
+	}
+	st, err := msgpack.Marshal(a.state)
+	if err == nil {
+		var b []byte
+		b, err = msgpack.Marshal(snapshot{Version: snapshotVersion, Seq: a.seq, Hash: a.hash, State: st})
+		if err == nil {
+			_, err = h.cfg.Snapshots.Put(ctx, a.id, b)
+		}
+	}
+	if err != nil {
+		h.cfg.Log.Warn("snapshot failed", "aggregate", a.id, "err", err)
+		return
+	}
+	a.sinceSnap = 0
+}

@@ -1,0 +1,222 @@
+// Package events defines what telkeys records: the event envelope, the
+// catalogue of event payloads, their msgpack wire form, and the
+// per-aggregate hash chain that makes tampering evident.
+//
+// Wire names are explicit msgpack tags and type strings, never derived from
+// Go identifiers, so renaming Go code never changes what is stored. Decoding
+// ignores unknown fields, so older binaries read newer events.
+package events
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// EnvelopeVersion is the version of the envelope layout and of the canonical
+// form hashed into the chain.
+const EnvelopeVersion = 1
+
+// Type names an event on the wire.
+type Type string
+
+// The catalogue.
+const (
+	TypePlatformFlagSet      Type = "PlatformFlagSet"
+	TypeTeamAccessConfigured Type = "TeamAccessConfigured"
+	TypeKeyCreated           Type = "KeyCreated"
+	TypeKeyDeleted           Type = "KeyDeleted"
+)
+
+// Actor is who caused an event.
+type Actor struct {
+	Subject string `msgpack:"sub" json:"sub"`
+	Role    string `msgpack:"role" json:"role"`
+}
+
+// Envelope is one stored event. Hash covers every other field; Prev is the
+// Hash of the previous event of the same aggregate (empty for its first).
+type Envelope struct {
+	ID        string             `msgpack:"id"`
+	Type      Type               `msgpack:"type"`
+	Aggregate string             `msgpack:"agg"`
+	Actor     Actor              `msgpack:"actor"`
+	Time      time.Time          `msgpack:"time"`
+	Version   int                `msgpack:"v"`
+	Prev      []byte             `msgpack:"prev"`
+	Hash      []byte             `msgpack:"hash"`
+	Payload   msgpack.RawMessage `msgpack:"payload"`
+}
+
+// Payload is implemented by every event body in the catalogue.
+type Payload interface {
+	EventType() Type
+	// SchemaVersion is the version of this payload's layout.
+	SchemaVersion() int
+}
+
+// PlatformFlagSet turns a platform feature flag on or off.
+type PlatformFlagSet struct {
+	Flag    string `msgpack:"flag"`
+	Enabled bool   `msgpack:"enabled"`
+}
+
+// TeamAccessConfigured replaces a team's API access configuration.
+type TeamAccessConfigured struct {
+	Enabled           bool     `msgpack:"enabled"`
+	AllowedScopes     []string `msgpack:"allowed_scopes"`
+	MaxKeys           int      `msgpack:"max_keys"`
+	MaxRequestsPerDay *int64   `msgpack:"max_requests_per_day"`
+}
+
+// KeyCreated records a new key. It holds the SHA-256 of the key, never the
+// key: Last4 are checksum characters, kept for masked display.
+type KeyCreated struct {
+	KeyID  string   `msgpack:"key_id"`
+	Name   string   `msgpack:"name"`
+	Scopes []string `msgpack:"scopes"`
+	Hash   []byte   `msgpack:"hash"`
+	Last4  string   `msgpack:"last4"`
+}
+
+// KeyDeleted records that a key stopped being valid. Hash is repeated so
+// that validators can drop the key without a lookup.
+type KeyDeleted struct {
+	KeyID string `msgpack:"key_id"`
+	Hash  []byte `msgpack:"hash"`
+}
+
+func (PlatformFlagSet) EventType() Type      { return TypePlatformFlagSet }
+func (TeamAccessConfigured) EventType() Type { return TypeTeamAccessConfigured }
+func (KeyCreated) EventType() Type           { return TypeKeyCreated }
+func (KeyDeleted) EventType() Type           { return TypeKeyDeleted }
+
+func (PlatformFlagSet) SchemaVersion() int      { return 1 }
+func (TeamAccessConfigured) SchemaVersion() int { return 1 }
+func (KeyCreated) SchemaVersion() int           { return 1 }
+func (KeyDeleted) SchemaVersion() int           { return 1 }
+
+// Errors returned by decoding and verification.
+var (
+	ErrMalformed   = errors.New("events: malformed event")
+	ErrUnknownType = errors.New("events: unknown event type")
+	ErrBadHash     = errors.New("events: hash does not match content")
+	ErrBrokenChain = errors.New("events: prev does not match the previous event's hash")
+)
+
+// New seals a payload into an envelope chained after prev.
+func New(id, aggregate string, actor Actor, at time.Time, prev []byte, p Payload) (Envelope, error) {
+	body, err := msgpack.Marshal(p)
+	if err != nil {
+		return Envelope{}, fmt.Errorf("events: encode %s: %w", p.EventType(), err)
+	}
+	e := Envelope{
+		ID:        id,
+		Type:      p.EventType(),
+		Aggregate: aggregate,
+		Actor:     actor,
+		Time:      at.UTC().Round(0),
+		Version:   p.SchemaVersion(),
+		Prev:      bytes.Clone(prev),
+		Payload:   body,
+	}
+	e.Hash = e.ComputeHash()
+	return e, nil
+}
+
+// ComputeHash returns SHA-256 over the canonical form of every field but
+// Hash. The canonical form is a msgpack array in a fixed order with the
+// payload's stored bytes, so it never depends on struct layout or decoding.
+func (e Envelope) ComputeHash() []byte {
+	canon, err := msgpack.Marshal([]any{
+		EnvelopeVersion, e.ID, string(e.Type), e.Aggregate, e.Actor.Subject, e.Actor.Role,
+		e.Time.UnixNano(), e.Version, e.Prev, []byte(e.Payload),
+	})
+	if err != nil { // only basic types above: cannot fail
+		panic(err)
+	}
+	sum := sha256.Sum256(canon)
+	return sum[:]
+}
+
+// Verify checks the envelope's own hash and that it follows prev.
+func (e Envelope) Verify(prev []byte) error {
+	if !bytes.Equal(e.ComputeHash(), e.Hash) {
+		return ErrBadHash
+	}
+	if !bytes.Equal(e.Prev, prev) {
+		return ErrBrokenChain
+	}
+	return nil
+}
+
+// Marshal returns the wire form of the envelope.
+func (e Envelope) Marshal() ([]byte, error) { return msgpack.Marshal(e) }
+
+// Unmarshal decodes the wire form of an envelope. Unknown fields are ignored.
+// It does not decode the payload; see Decode.
+func Unmarshal(b []byte) (Envelope, error) {
+	var e Envelope
+	if err := msgpack.Unmarshal(b, &e); err != nil {
+		return Envelope{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if e.ID == "" || e.Type == "" || e.Aggregate == "" {
+		return Envelope{}, fmt.Errorf("%w: missing id, type or aggregate", ErrMalformed)
+	}
+	e.Time = e.Time.UTC()
+	return e, nil
+}
+
+// Decode returns the typed payload of an envelope. Every schema version ever
+// written is accepted; an unknown type gives ErrUnknownType so that readers
+// can skip events from newer writers.
+func (e Envelope) Decode() (Payload, error) {
+	var p Payload
+	switch e.Type {
+	case TypePlatformFlagSet:
+		p = &PlatformFlagSet{}
+	case TypeTeamAccessConfigured:
+		p = &TeamAccessConfigured{}
+	case TypeKeyCreated:
+		p = &KeyCreated{}
+	case TypeKeyDeleted:
+		p = &KeyDeleted{}
+	default:
+		return nil, fmt.Errorf("%w: %q", ErrUnknownType, e.Type)
+	}
+	if err := msgpack.Unmarshal(e.Payload, p); err != nil {
+		return nil, fmt.Errorf("%w: %s payload: %v", ErrMalformed, e.Type, err)
+	}
+	// Return values, not pointers, so callers switch on plain types.
+	switch v := p.(type) {
+	case *PlatformFlagSet:
+		return *v, nil
+	case *TeamAccessConfigured:
+		return *v, nil
+	case *KeyCreated:
+		return *v, nil
+	default:
+		return *v.(*KeyDeleted), nil
+	}
+}
+
+// PlatformAggregate is the aggregate of platform-wide settings.
+const PlatformAggregate = "platform"
+
+const teamAggregatePrefix = "team."
+
+// TeamAggregate names the aggregate of one team: its access configuration
+// and its keys, so that max_keys holds under one concurrency check.
+func TeamAggregate(team string) string { return teamAggregatePrefix + team }
+
+// TeamOf returns the team of a team aggregate, and false for any other.
+func TeamOf(aggregate string) (string, bool) {
+	if len(aggregate) > len(teamAggregatePrefix) && aggregate[:len(teamAggregatePrefix)] == teamAggregatePrefix {
+		return aggregate[len(teamAggregatePrefix):], true
+	}
+	return "", false
+}

@@ -1,0 +1,100 @@
+package projections
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/telapi/telkeys/bus"
+)
+
+// Tracker knows up to which stream sequence the read models are built, on
+// whichever instance built them. It makes the API read-your-writes: after a
+// command appended event N, Wait(N) returns once every instance's queries
+// see it.
+//
+// It learns progress from the local projector, from the core-NATS hint that
+// every projector publishes, and, while someone waits, from the durable
+// consumer's ack floor, so a lost hint only delays a waiter by one poll.
+type Tracker struct {
+	cons jetstream.Consumer
+
+	mu      sync.Mutex
+	applied uint64
+	changed chan struct{} // closed and replaced on every advance
+}
+
+// pollEvery is how often a waiter asks the consumer for its ack floor.
+const pollEvery = 50 * time.Millisecond
+
+// NewTracker starts from the consumer's current ack floor.
+func NewTracker(ctx context.Context, cons jetstream.Consumer) (*Tracker, error) {
+	t := &Tracker{cons: cons, changed: make(chan struct{})}
+	if err := t.refresh(ctx); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// Subscribe listens for other instances' progress hints until the returned
+// subscription is closed.
+func (t *Tracker) Subscribe(nc *nats.Conn) (*nats.Subscription, error) {
+	return nc.Subscribe(bus.ProjectedSubject, func(m *nats.Msg) {
+		if seq, err := strconv.ParseUint(string(m.Data), 10, 64); err == nil {
+			t.Advance(seq)
+		}
+	})
+}
+
+// Advance records that every event up to seq is applied.
+func (t *Tracker) Advance(seq uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if seq > t.applied {
+		t.applied = seq
+		close(t.changed)
+		t.changed = make(chan struct{})
+	}
+}
+
+// Applied returns the highest sequence known to be applied.
+func (t *Tracker) Applied() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.applied
+}
+
+// Wait blocks until seq is applied or ctx ends.
+func (t *Tracker) Wait(ctx context.Context, seq uint64) error {
+	poll := time.NewTimer(pollEvery)
+	defer poll.Stop()
+	for {
+		t.mu.Lock()
+		applied, changed := t.applied, t.changed
+		t.mu.Unlock()
+		if applied >= seq {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-poll.C:
+			_ = t.refresh(ctx)
+			poll.Reset(pollEvery)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (t *Tracker) refresh(ctx context.Context) error {
+	info, err := t.cons.Info(ctx)
+	if err != nil {
+		return err
+	}
+	t.Advance(info.AckFloor.Stream)
+	return nil
+}
