@@ -1,0 +1,205 @@
+// Package api is the HTTP edge of telkeys: the management REST API (Fiber),
+// bearer-token authentication, problem+json errors, health, readiness,
+// metrics and the OpenAPI document. It translates HTTP to commands and
+// queries and back; no other package sees Fiber.
+package api
+
+import (
+	"bytes"
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/adaptor"
+	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/events"
+	"github.com/telapi/telkeys/projections"
+)
+
+// BodyLimit is the largest accepted request body.
+const BodyLimit = 1 << 20
+
+//go:embed openapi.json
+var openAPIDoc []byte
+
+// Commands is what the API asks of the write side.
+type Commands interface {
+	ConfigureTeamAccess(ctx context.Context, actor events.Actor, team string, cfg commands.AccessConfig) (commands.AccessConfig, commands.Result, error)
+	SetPlatformFlag(ctx context.Context, actor events.Actor, flag string, enabled bool) (commands.Result, error)
+	CreateKey(ctx context.Context, actor events.Actor, team, name string, scopes []string) (commands.CreatedKey, error)
+	DeleteKey(ctx context.Context, actor events.Actor, team, keyID string, requireEnabled bool) (commands.Result, error)
+}
+
+// Queries is what the API asks of the read side.
+type Queries interface {
+	Team(ctx context.Context, team string) (projections.TeamRecord, error)
+	TeamKeys(ctx context.Context, team string) ([]projections.KeyRecord, error)
+	Teams(ctx context.Context) ([]projections.TeamRecord, error)
+	WebRTC(ctx context.Context) (bool, error)
+}
+
+// Projection tells how far the read models are built.
+type Projection interface {
+	Wait(ctx context.Context, seq uint64) error
+}
+
+// Config wires the API.
+type Config struct {
+	Commands   Commands
+	Queries    Queries
+	Projection Projection
+	Auth       *auth.Authority
+	// Ready reports why the service cannot serve yet, or nil.
+	Ready   func(context.Context) error
+	Metrics *Metrics
+	// Gatherer serves /metrics.
+	Gatherer prometheus.Gatherer
+	Log      *slog.Logger
+	// Now is the clock for requests_today and similar; tests inject theirs.
+	Now func() time.Time
+}
+
+// Validate reports every missing dependency at once.
+func (c Config) Validate() error {
+	var errs []error
+	for name, missing := range map[string]bool{
+		"Commands": c.Commands == nil, "Queries": c.Queries == nil, "Projection": c.Projection == nil,
+		"Auth": c.Auth == nil, "Ready": c.Ready == nil, "Metrics": c.Metrics == nil,
+		"Gatherer": c.Gatherer == nil, "Log": c.Log == nil,
+	} {
+		if missing {
+			errs = append(errs, errors.New("api: "+name+" is required"))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Server is the HTTP API.
+type Server struct {
+	cfg Config
+	app *fiber.App
+}
+
+// New builds the Fiber app with every route.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Server{cfg: cfg}
+	s.app = fiber.New(fiber.Config{
+		AppName:               "telkeys",
+		BodyLimit:             BodyLimit,
+		Immutable:             true, // params outlive the request buffer
+		DisableStartupMessage: true,
+		ReadTimeout:           15 * time.Second,
+		WriteTimeout:          15 * time.Second,
+		IdleTimeout:           60 * time.Second,
+		JSONEncoder:           jsonMarshal,
+		// Errors raised before routing (body too large, bad request line).
+		ErrorHandler: func(c *fiber.Ctx, err error) error {
+			writeProblem(c, err)
+			return nil
+		},
+	})
+	s.app.Use(s.observe)
+	s.app.Get("/healthz", s.healthz)
+	s.app.Get("/readyz", s.readyz)
+	s.app.Get("/metrics", adaptor.HTTPHandler(promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})))
+	s.app.Get("/openapi.json", func(c *fiber.Ctx) error {
+		c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
+		return c.Send(openAPIDoc)
+	})
+
+	v1 := s.app.Group("/v1", s.authenticate)
+	v1.Get("/platform/flags", s.getFlags)
+	v1.Put("/platform/flags/webrtc", s.putWebRTC)
+	v1.Get("/teams", s.listTeams)
+	v1.Get("/teams/:team/api-access", s.getAccess)
+	v1.Put("/teams/:team/api-access", s.putAccess)
+	v1.Get("/teams/:team/api-keys", s.listKeys)
+	v1.Post("/teams/:team/api-keys", s.createKey)
+	v1.Delete("/teams/:team/api-keys/:id", s.deleteKey)
+	return s, nil
+}
+
+// App returns the Fiber app, for Listen and Shutdown.
+func (s *Server) App() *fiber.App { return s.app }
+
+// observe is the outermost middleware: it turns errors into problems, then
+// writes the access log and the HTTP metrics. The access log holds the
+// method, path, status and caller identity; never a header or a body.
+func (s *Server) observe(c *fiber.Ctx) error {
+	start := time.Now()
+	rid := ulid.Make().String()
+	c.Set("X-Request-Id", rid)
+	err := c.Next()
+	code := ""
+	if err != nil {
+		pr := writeProblem(c, err)
+		code = pr.Code
+		if pr.Status >= 500 {
+			s.cfg.Log.Error("request failed", "request_id", rid, "err", err)
+		}
+	}
+	status := c.Response().StatusCode()
+	route := c.Route().Path
+	s.cfg.Metrics.observeHTTP(c.Method(), route, status, time.Since(start))
+	attrs := []any{
+		"request_id", rid, "method", c.Method(), "route", route, "path", c.Path(),
+		"status", status, "duration_ms", float64(time.Since(start).Microseconds()) / 1000,
+	}
+	if code != "" {
+		attrs = append(attrs, "code", code)
+	}
+	if cl, ok := c.Locals(claimsKey).(auth.Claims); ok {
+		attrs = append(attrs, "sub", cl.Subject, "role", string(cl.Role))
+	}
+	s.cfg.Log.Info("http", attrs...)
+	return nil
+}
+
+func (s *Server) healthz(c *fiber.Ctx) error {
+	return c.JSON(fiber.Map{"status": "ok"})
+}
+
+func (s *Server) readyz(c *fiber.Ctx) error {
+	if err := s.cfg.Ready(c.UserContext()); err != nil {
+		c.Set(fiber.HeaderRetryAfter, "1")
+		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "not ready", "reason": err.Error()})
+	}
+	return c.JSON(fiber.Map{"status": "ready"})
+}
+
+// readYourWrites waits until the read models include seq, so that the next
+// query on any instance sees the command that produced it. The command has
+// already happened, so a timeout is logged, not returned.
+func (s *Server) readYourWrites(c *fiber.Ctx, seq uint64) {
+	ctx, cancel := context.WithTimeout(c.UserContext(), 10*time.Second)
+	defer cancel()
+	if err := s.cfg.Projection.Wait(ctx, seq); err != nil {
+		s.cfg.Log.Warn("read models lag behind a command", "seq", seq, "err", err)
+	}
+}
+
+// jsonMarshal encodes without HTML escaping, so names show as typed.
+func jsonMarshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}

@@ -1,0 +1,286 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/telapi/telkeys/apikey"
+	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/projections"
+)
+
+// Wire types of the REST contract.
+type (
+	accessConfigJSON struct {
+		Enabled           bool     `json:"enabled"`
+		AllowedScopes     []string `json:"allowed_scopes"`
+		MaxKeys           int      `json:"max_keys"`
+		MaxRequestsPerDay *int64   `json:"max_requests_per_day"`
+	}
+	teamJSON struct {
+		Team string `json:"team"`
+		accessConfigJSON
+		Keys int `json:"keys"`
+	}
+	keyJSON struct {
+		ID         string   `json:"id"`
+		Name       string   `json:"name"`
+		Scopes     []string `json:"scopes"`
+		CreatedAt  string   `json:"created_at"`
+		LastUsedAt *string  `json:"last_used_at"`
+		Masked     string   `json:"masked"`
+	}
+	createdKeyJSON struct {
+		keyJSON
+		Key string `json:"key"`
+	}
+	statsJSON struct {
+		Keys              int      `json:"keys"`
+		MaxKeys           int      `json:"max_keys"`
+		RequestsToday     int64    `json:"requests_today"`
+		MaxRequestsPerDay *int64   `json:"max_requests_per_day"`
+		AvailableScopes   []string `json:"available_scopes"`
+	}
+	flagsJSON struct {
+		WebRTC bool `json:"webrtc"`
+	}
+
+	// Request bodies: pointers tell a missing field from a zero one.
+	putAccessBody struct {
+		Enabled           *bool     `json:"enabled"`
+		AllowedScopes     *[]string `json:"allowed_scopes"`
+		MaxKeys           *int      `json:"max_keys"`
+		MaxRequestsPerDay *int64    `json:"max_requests_per_day"`
+	}
+	createKeyBody struct {
+		Name   *string   `json:"name"`
+		Scopes *[]string `json:"scopes"`
+	}
+	putFlagBody struct {
+		Enabled *bool `json:"enabled"`
+	}
+)
+
+const timeFormat = "2006-01-02T15:04:05.000Z07:00"
+
+func formatTime(t time.Time) string { return t.UTC().Format(timeFormat) }
+
+func accessJSON(r projections.TeamRecord) accessConfigJSON {
+	scopes := r.AllowedScopes
+	if scopes == nil {
+		scopes = []string{}
+	}
+	return accessConfigJSON{Enabled: r.Enabled, AllowedScopes: scopes, MaxKeys: r.MaxKeys, MaxRequestsPerDay: r.MaxRequestsPerDay}
+}
+
+// decodeBody reads a JSON object strictly: no unknown fields, no trailing
+// data. Its errors never echo the input.
+func decodeBody(c *fiber.Ctx, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(c.Body()))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var te *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &te) && te.Field != "":
+			return badRequest("field " + te.Field + " has the wrong type")
+		case errors.Is(err, io.EOF):
+			return badRequest("body must be a JSON object")
+		default:
+			if bytes.HasPrefix(bytes.TrimSpace([]byte(err.Error())), []byte("json: unknown field")) {
+				return badRequest("body has an unknown field")
+			}
+			return badRequest("body is not valid JSON of the expected shape")
+		}
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return badRequest("body has data after the JSON object")
+	}
+	return nil
+}
+
+func (s *Server) getFlags(c *fiber.Ctx) error {
+	if _, err := allow(c, auth.RoleSuperadmin, auth.RoleAuditor); err != nil {
+		return err
+	}
+	on, err := s.cfg.Queries.WebRTC(c.UserContext())
+	if err != nil {
+		return err
+	}
+	return c.JSON(flagsJSON{WebRTC: on})
+}
+
+func (s *Server) putWebRTC(c *fiber.Ctx) error {
+	cl, err := allow(c, auth.RoleSuperadmin)
+	if err != nil {
+		return err
+	}
+	var body putFlagBody
+	if err := decodeBody(c, &body); err != nil {
+		return err
+	}
+	if body.Enabled == nil {
+		return badRequest("enabled is required")
+	}
+	res, err := s.cfg.Commands.SetPlatformFlag(c.UserContext(), actor(cl), commands.FlagWebRTC, *body.Enabled)
+	if err != nil {
+		return err
+	}
+	s.readYourWrites(c, res.Seq)
+	return c.JSON(flagsJSON{WebRTC: *body.Enabled})
+}
+
+func (s *Server) listTeams(c *fiber.Ctx) error {
+	if _, err := allow(c, auth.RoleSuperadmin, auth.RoleAuditor); err != nil {
+		return err
+	}
+	recs, err := s.cfg.Queries.Teams(c.UserContext())
+	if err != nil {
+		return err
+	}
+	out := make([]teamJSON, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, teamJSON{Team: r.Team, accessConfigJSON: accessJSON(r), Keys: r.Keys})
+	}
+	return c.JSON(fiber.Map{"teams": out})
+}
+
+func (s *Server) getAccess(c *fiber.Ctx) error {
+	team, err := teamParam(c)
+	if err != nil {
+		return err
+	}
+	if _, err := allowTeam(c, team, true, auth.RoleSuperadmin, auth.RoleAuditor); err != nil {
+		return err
+	}
+	rec, err := s.cfg.Queries.Team(c.UserContext(), team)
+	if err != nil {
+		return err
+	}
+	return c.JSON(accessJSON(rec))
+}
+
+func (s *Server) putAccess(c *fiber.Ctx) error {
+	team, err := teamParam(c)
+	if err != nil {
+		return err
+	}
+	cl, err := allow(c, auth.RoleSuperadmin)
+	if err != nil {
+		return err
+	}
+	var body putAccessBody
+	if err := decodeBody(c, &body); err != nil {
+		return err
+	}
+	if body.Enabled == nil || body.AllowedScopes == nil || body.MaxKeys == nil {
+		return badRequest("enabled, allowed_scopes and max_keys are required")
+	}
+	cfg, res, err := s.cfg.Commands.ConfigureTeamAccess(c.UserContext(), actor(cl), team, commands.AccessConfig{
+		Enabled: *body.Enabled, AllowedScopes: *body.AllowedScopes, MaxKeys: *body.MaxKeys, MaxRequestsPerDay: body.MaxRequestsPerDay,
+	})
+	if err != nil {
+		return err
+	}
+	s.readYourWrites(c, res.Seq)
+	return c.JSON(accessConfigJSON{Enabled: cfg.Enabled, AllowedScopes: cfg.AllowedScopes, MaxKeys: cfg.MaxKeys, MaxRequestsPerDay: cfg.MaxRequestsPerDay})
+}
+
+// memberNeedsEnabled refuses members of a team whose access is off.
+func (s *Server) memberNeedsEnabled(c *fiber.Ctx, cl auth.Claims, rec projections.TeamRecord) error {
+	if cl.Role == auth.RoleMember && !rec.Enabled {
+		return commands.ErrTeamDisabled
+	}
+	return nil
+}
+
+func (s *Server) listKeys(c *fiber.Ctx) error {
+	team, err := teamParam(c)
+	if err != nil {
+		return err
+	}
+	cl, err := allowTeam(c, team, true, auth.RoleSuperadmin, auth.RoleAuditor)
+	if err != nil {
+		return err
+	}
+	ctx := c.UserContext()
+	rec, err := s.cfg.Queries.Team(ctx, team)
+	if err != nil {
+		return err
+	}
+	if err := s.memberNeedsEnabled(c, cl, rec); err != nil {
+		return err
+	}
+	keys, err := s.cfg.Queries.TeamKeys(ctx, team)
+	if err != nil {
+		return err
+	}
+	out := make([]keyJSON, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, keyJSON{
+			ID: k.ID, Name: k.Name, Scopes: commands.EffectiveScopes(k.Scopes, rec.AllowedScopes),
+			CreatedAt: formatTime(k.CreatedAt), Masked: apikey.Mask(k.Last4),
+		})
+	}
+	return c.JSON(fiber.Map{"keys": out, "stats": statsJSON{
+		Keys: len(keys), MaxKeys: rec.MaxKeys, MaxRequestsPerDay: rec.MaxRequestsPerDay,
+		AvailableScopes: accessJSON(rec).AllowedScopes,
+	}})
+}
+
+func (s *Server) createKey(c *fiber.Ctx) error {
+	team, err := teamParam(c)
+	if err != nil {
+		return err
+	}
+	cl, err := allowTeam(c, team, true)
+	if err != nil {
+		return err
+	}
+	var body createKeyBody
+	if err := decodeBody(c, &body); err != nil {
+		return err
+	}
+	if body.Name == nil || body.Scopes == nil {
+		return badRequest("name and scopes are required")
+	}
+	k, err := s.cfg.Commands.CreateKey(c.UserContext(), actor(cl), team, *body.Name, *body.Scopes)
+	if err != nil {
+		return err
+	}
+	s.readYourWrites(c, k.Result.Seq)
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.Status(fiber.StatusCreated).JSON(createdKeyJSON{
+		keyJSON: keyJSON{
+			ID: k.Key.ID, Name: k.Key.Name, Scopes: k.Key.Scopes,
+			CreatedAt: formatTime(k.Key.CreatedAt), Masked: apikey.Mask(k.Key.Last4),
+		},
+		Key: k.Plaintext,
+	})
+}
+
+func (s *Server) deleteKey(c *fiber.Ctx) error {
+	team, err := teamParam(c)
+	if err != nil {
+		return err
+	}
+	id := c.Params("id")
+	if !commands.ValidKeyID(id) {
+		return badRequest("key id must be key_ followed by a ULID")
+	}
+	cl, err := allowTeam(c, team, true, auth.RoleSuperadmin)
+	if err != nil {
+		return err
+	}
+	res, err := s.cfg.Commands.DeleteKey(c.UserContext(), actor(cl), team, id, cl.Role == auth.RoleMember)
+	if err != nil {
+		return err
+	}
+	s.readYourWrites(c, res.Seq)
+	return c.SendStatus(fiber.StatusNoContent)
+}

@@ -1,0 +1,59 @@
+package api
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are telkeys' Prometheus metrics. Labels hold route templates,
+// command names and error codes: never a key, a token or a path value.
+type Metrics struct {
+	httpRequests    *prometheus.CounterVec
+	httpDuration    *prometheus.HistogramVec
+	commands        *prometheus.CounterVec
+	commandDuration *prometheus.HistogramVec
+	// ProjectionPending is the number of events the projector has yet to apply.
+	ProjectionPending prometheus.Gauge
+}
+
+// NewMetrics registers the metrics with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		httpRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "telkeys_http_requests_total", Help: "HTTP requests by method, route template and status.",
+		}, []string{"method", "route", "status"}),
+		httpDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "telkeys_http_request_duration_seconds", Help: "HTTP request latency by route template.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12),
+		}, []string{"method", "route"}),
+		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "telkeys_commands_total", Help: "Commands by name and result (ok or the problem code).",
+		}, []string{"command", "result"}),
+		commandDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "telkeys_command_duration_seconds", Help: "Command latency, append included, read-model wait excluded.",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2.5, 12),
+		}, []string{"command"}),
+		ProjectionPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "telkeys_projection_pending_events", Help: "Events stored but not yet applied to the read models (projection lag).",
+		}),
+	}
+	reg.MustRegister(m.httpRequests, m.httpDuration, m.commands, m.commandDuration, m.ProjectionPending)
+	return m
+}
+
+// ObserveCommand records one command; it fits commands.Config.Observe.
+func (m *Metrics) ObserveCommand(command string, err error, took time.Duration) {
+	result := "ok"
+	if err != nil {
+		result = problemFor(err).Code
+	}
+	m.commands.WithLabelValues(command, result).Inc()
+	m.commandDuration.WithLabelValues(command).Observe(took.Seconds())
+}
+
+func (m *Metrics) observeHTTP(method, route string, status int, took time.Duration) {
+	m.httpRequests.WithLabelValues(method, route, strconv.Itoa(status)).Inc()
+	m.httpDuration.WithLabelValues(method, route).Observe(took.Seconds())
+}

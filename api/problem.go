@@ -1,0 +1,98 @@
+package api
+
+import (
+	"errors"
+	"net/http"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/commands"
+)
+
+// Problem is an RFC 9457 problem document with a stable machine code.
+type Problem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail"`
+	Code   string `json:"code"`
+}
+
+// Sentinels of the HTTP layer itself.
+var (
+	errForbidden  = errors.New("your role or team may not do this")
+	errNotFound   = errors.New("no such resource")
+	errNotReady   = errors.New("read models are catching up")
+	errBadRequest = errors.New("bad request")
+)
+
+// requestError is a 400 with a public detail.
+type requestError struct{ detail string }
+
+func (e *requestError) Error() string { return e.detail }
+func (e *requestError) Unwrap() error { return errBadRequest }
+
+func badRequest(detail string) error { return &requestError{detail} }
+
+// problemFor is the one place where errors become HTTP answers. Internal
+// errors get a generic detail; their text is logged, never sent.
+func problemFor(err error) Problem {
+	var (
+		ve *commands.ValidationError
+		se *commands.ScopeError
+		re *requestError
+		fe *fiber.Error
+	)
+	p := func(status int, code, detail string) Problem {
+		return Problem{Type: "about:blank", Title: http.StatusText(status), Status: status, Detail: detail, Code: code}
+	}
+	switch {
+	case errors.As(err, &ve):
+		return p(400, "invalid_request", ve.Error())
+	case errors.As(err, &re):
+		return p(400, "invalid_request", re.detail)
+	case errors.Is(err, auth.ErrUnauthorized):
+		return p(401, "unauthorized", err.Error())
+	case errors.Is(err, errForbidden):
+		return p(403, "forbidden", errForbidden.Error())
+	case errors.Is(err, commands.ErrTeamDisabled):
+		return p(403, "team_api_disabled", "API access is not enabled for this team; a superadmin must enable it")
+	case errors.Is(err, commands.ErrKeyNotFound), errors.Is(err, errNotFound):
+		return p(404, "not_found", err.Error())
+	case errors.Is(err, commands.ErrMaxKeysReached):
+		return p(409, "max_keys_reached", err.Error())
+	case errors.As(err, &se):
+		return p(422, "scope_not_allowed", se.Error())
+	case errors.Is(err, commands.ErrBusy):
+		return p(503, "busy", err.Error())
+	case errors.Is(err, errNotReady):
+		return p(503, "not_ready", err.Error())
+	case errors.As(err, &fe):
+		switch fe.Code {
+		case fiber.StatusRequestEntityTooLarge:
+			return p(413, "body_too_large", "the request body is over 1 MiB")
+		case fiber.StatusNotFound:
+			return p(404, "not_found", "no such route")
+		case fiber.StatusMethodNotAllowed:
+			return p(405, "method_not_allowed", "this route does not accept that method")
+		}
+		if fe.Code >= 400 && fe.Code < 500 {
+			return p(fe.Code, "invalid_request", http.StatusText(fe.Code))
+		}
+	}
+	return p(500, "internal", "internal error; it has been logged")
+}
+
+// writeProblem sends the problem for err.
+func writeProblem(c *fiber.Ctx, err error) Problem {
+	pr := problemFor(err)
+	if pr.Status == fiber.StatusServiceUnavailable {
+		c.Set(fiber.HeaderRetryAfter, "1")
+	}
+	c.Status(pr.Status)
+	c.Set(fiber.HeaderContentType, "application/problem+json")
+	b, _ := jsonMarshal(pr)
+	_ = c.Send(b)
+	return pr
+}

@@ -1,0 +1,191 @@
+// Package auth issues and checks the platform's bearer tokens: HS256 JWTs
+// with a subject, a role and, for members, a team. Only HS256 with the
+// configured secret is accepted; "alg: none" and every other algorithm are
+// refused before any signature check.
+package auth
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// Role is what a token's holder may do.
+type Role string
+
+// The roles.
+const (
+	RoleSuperadmin Role = "superadmin"
+	RoleAuditor    Role = "auditor"
+	RoleMember     Role = "member"
+	RoleNode       Role = "node"
+)
+
+// Valid reports whether r is one of the roles.
+func (r Role) Valid() bool {
+	switch r {
+	case RoleSuperadmin, RoleAuditor, RoleMember, RoleNode:
+		return true
+	}
+	return false
+}
+
+// Claims are what a verified token says.
+type Claims struct {
+	Subject string
+	Role    Role
+	Team    string
+	Expires time.Time
+}
+
+// ErrUnauthorized wraps every reason a token is refused.
+var ErrUnauthorized = errors.New("unauthorized")
+
+const (
+	// MinSecretLen is the shortest accepted HS256 secret, in bytes.
+	MinSecretLen = 32
+	// maxTokenLen bounds the work done on a hostile Authorization header.
+	maxTokenLen = 4096
+	secretFile  = "auth-secret"
+)
+
+// Authority mints and verifies tokens with one HS256 secret.
+type Authority struct {
+	secret []byte
+	// ValidTeam checks a member's team claim.
+	validTeam func(string) bool
+	now       func() time.Time
+}
+
+// New returns an Authority. validTeam checks the team claim of members.
+func New(secret []byte, validTeam func(string) bool) (*Authority, error) {
+	if len(secret) < MinSecretLen {
+		return nil, fmt.Errorf("auth: secret must be at least %d bytes", MinSecretLen)
+	}
+	return &Authority{secret: secret, validTeam: validTeam, now: time.Now}, nil
+}
+
+type jwtClaims struct {
+	jwt.RegisteredClaims
+	Role Role   `json:"role"`
+	Team string `json:"team,omitempty"`
+}
+
+// Mint signs a token for c, valid for ttl.
+func (a *Authority) Mint(c Claims, ttl time.Duration) (string, error) {
+	if err := a.check(c); err != nil {
+		return "", err
+	}
+	if ttl <= 0 {
+		return "", errors.New("auth: ttl must be positive")
+	}
+	now := a.now()
+	return jwt.NewWithClaims(jwt.SigningMethodHS256, jwtClaims{
+		RegisteredClaims: jwt.RegisteredClaims{
+			Subject:   c.Subject,
+			IssuedAt:  jwt.NewNumericDate(now),
+			ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
+		},
+		Role: c.Role,
+		Team: c.Team,
+	}).SignedString(a.secret)
+}
+
+// Verify checks a token's algorithm, signature, expiry and claims.
+func (a *Authority) Verify(token string) (Claims, error) {
+	if len(token) == 0 || len(token) > maxTokenLen {
+		return Claims{}, fmt.Errorf("%w: malformed token", ErrUnauthorized)
+	}
+	var jc jwtClaims
+	_, err := jwt.ParseWithClaims(token, &jc, func(*jwt.Token) (any, error) { return a.secret, nil },
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithExpirationRequired(),
+		jwt.WithLeeway(30*time.Second),
+		jwt.WithTimeFunc(a.now),
+	)
+	if err != nil {
+		return Claims{}, fmt.Errorf("%w: %s", ErrUnauthorized, reason(err))
+	}
+	c := Claims{Subject: jc.Subject, Role: jc.Role, Team: jc.Team, Expires: jc.ExpiresAt.Time}
+	if err := a.check(c); err != nil {
+		return Claims{}, fmt.Errorf("%w: %v", ErrUnauthorized, err)
+	}
+	return c, nil
+}
+
+func (a *Authority) check(c Claims) error {
+	switch {
+	case c.Subject == "" || len(c.Subject) > 256:
+		return errors.New("sub must be 1-256 bytes")
+	case !c.Role.Valid():
+		return errors.New("role must be superadmin, auditor, member or node")
+	case c.Role == RoleMember && !a.validTeam(c.Team):
+		return errors.New("a member needs a valid team")
+	case c.Role != RoleMember && c.Team != "":
+		return errors.New("only members have a team")
+	}
+	return nil
+}
+
+// reason turns a jwt error into a short public reason.
+func reason(err error) string {
+	switch {
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return "token expired"
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
+		return "bad signature or algorithm"
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return "token has no expiry"
+	default:
+		return "malformed token"
+	}
+}
+
+// ResolveSecret returns the configured secret, or the one kept in dataDir,
+// generating it there on first use so that a local setup needs no
+// configuration. serve and token resolve it the same way.
+func ResolveSecret(configured, dataDir string) ([]byte, error) {
+	if configured != "" {
+		return []byte(configured), nil
+	}
+	if dataDir == "" {
+		return nil, errors.New("auth: no secret and no data dir to keep one in")
+	}
+	path := filepath.Join(dataDir, secretFile)
+	if b, err := os.ReadFile(path); err == nil {
+		return []byte(strings.TrimSpace(string(b))), nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, err
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return nil, err
+	}
+	secret := hex.EncodeToString(raw)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) { // another process won the race: use its secret
+		return ResolveSecret("", dataDir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.WriteString(secret + "\n"); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return []byte(secret), f.Close()
+}
