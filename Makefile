@@ -1,0 +1,29 @@
+# telkeys: `make run` starts the service with its embedded NATS; `make test` runs every test.
+GO      ?= go
+BIN     := bin/telkeys
+DATA    ?= ./data
+
+.PHONY: run build test test-short fuzz bench clean
+
+build:
+	$(GO) build -o $(BIN) ./cmd/telkeys
+
+run: build
+	$(BIN) serve --data-dir $(DATA) --log-format text
+
+# Every test, with the race detector. Fuzz targets run their seed corpora.
+test:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+# Explore with the fuzzers (FUZZTIME=1m make fuzz).
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./apikey
+	$(GO) test -run '^$$' -fuzz FuzzUnmarshal -fuzztime $(FUZZTIME) ./events
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+clean:
+	rm -rf bin

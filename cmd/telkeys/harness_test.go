@@ -1,0 +1,253 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/commands"
+)
+
+// TestMain lets the SIGKILL test run this binary as a real telkeys process.
+func TestMain(m *testing.M) {
+	if os.Getenv("TELKEYS_TEST_AS_MAIN") == "1" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+const testSecret = "test-secret-0123456789abcdef0123456789abcdef"
+
+// syncBuffer collects log output from many goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// testService is a telkeys started in-process through Start, with a real
+// embedded JetStream server and a real HTTP listener on random ports.
+type testService struct {
+	*Service
+	t    testing.TB
+	cfg  ServeConfig
+	logs *syncBuffer
+	auth *auth.Authority
+	base string
+}
+
+// startService starts telkeys; mods adjust the config (e.g. NATSURL to
+// share another instance's NATS, or DataDir to restart on the same store).
+func startService(t testing.TB, mods ...func(*ServeConfig)) *testService {
+	t.Helper()
+	cfg := ServeConfig{
+		DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0", NATSAddr: "127.0.0.1:0",
+		Replicas: 1, AuthSecret: testSecret, LogFormat: "json", LogLevel: "debug",
+	}
+	for _, m := range mods {
+		m(&cfg)
+	}
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	svc, err := Start(context.Background(), cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := auth.New([]byte(testSecret), commands.ValidTeamID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &testService{Service: svc, t: t, cfg: cfg, logs: logs, auth: a, base: "http://" + svc.HTTPAddr}
+	t.Cleanup(func() { _ = svc.Shutdown(context.Background()) })
+	s.waitReady()
+	return s
+}
+
+func (s *testService) waitReady() {
+	s.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		res, err := http.Get(s.base + "/readyz")
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("not ready within 30s: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// token mints a token for role (and team for members).
+func (s *testService) token(role auth.Role, team string) string {
+	s.t.Helper()
+	tok, err := s.auth.Mint(auth.Claims{Subject: string(role) + "-test", Role: role, Team: team}, time.Hour)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return tok
+}
+
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (r response) json(t testing.TB) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(r.body, &m); err != nil {
+		t.Fatalf("status %d, body %q: %v", r.status, r.body, err)
+	}
+	return m
+}
+
+// problemCode returns the problem code, checking the media type.
+func (r response) problemCode(t testing.TB) string {
+	t.Helper()
+	if ct := r.header.Get("Content-Type"); ct != "application/problem+json" {
+		t.Fatalf("status %d with content type %q, want application/problem+json; body %q", r.status, ct, r.body)
+	}
+	code, _ := r.json(t)["code"].(string)
+	return code
+}
+
+// do sends a request; body is sent as is if it is a string, else as JSON.
+func (s *testService) do(method, path, token string, body any) response {
+	s.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		j, err := json.Marshal(b)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		rd = bytes.NewReader(j)
+	}
+	req, err := http.NewRequest(method, s.base+path, rd)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return response{status: res.StatusCode, header: res.Header, body: b}
+}
+
+// enableTeam configures a team as a superadmin.
+func (s *testService) enableTeam(team string, maxKeys int, scopes ...string) {
+	s.t.Helper()
+	if len(scopes) == 0 {
+		scopes = []string{"CREATE_CALL_TOKEN", "READ_CALL_TOKEN", "READ_TEAM_APPS"}
+	}
+	r := s.do("PUT", "/v1/teams/"+team+"/api-access", s.token(auth.RoleSuperadmin, ""), map[string]any{
+		"enabled": true, "allowed_scopes": scopes, "max_keys": maxKeys, "max_requests_per_day": 1000,
+	})
+	if r.status != 200 {
+		s.t.Fatalf("enable %s: %d %s", team, r.status, r.body)
+	}
+}
+
+// createKey creates a key as a member of team and returns the response body.
+func (s *testService) createKey(team, name string, scopes ...string) map[string]any {
+	s.t.Helper()
+	if len(scopes) == 0 {
+		scopes = []string{"READ_TEAM_APPS"}
+	}
+	r := s.do("POST", "/v1/teams/"+team+"/api-keys", s.token(auth.RoleMember, team), map[string]any{"name": name, "scopes": scopes})
+	if r.status != 201 {
+		s.t.Fatalf("create key in %s: %d %s", team, r.status, r.body)
+	}
+	return r.json(s.t)
+}
+
+// stream opens the event stream through a separate client connection.
+func (s *testService) js() jetstream.JetStream {
+	s.t.Helper()
+	nc, err := nats.Connect(s.NATSURL)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return js
+}
+
+// allMessages reads every message of a stream, in order.
+func allMessages(t testing.TB, js jetstream.JetStream, stream string) []jetstream.Msg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs == 0 {
+		return nil
+	}
+	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []jetstream.Msg
+	for uint64(len(out)) < info.State.Msgs {
+		m, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatalf("read %s after %d of %d: %v", stream, len(out), info.State.Msgs, err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
