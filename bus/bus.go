@@ -109,8 +109,13 @@ func Setup(ctx context.Context, js jetstream.JetStream, replicas int) (*Handles,
 		Description:   "builds the KV read models; shared by all telkeys instances",
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
-		MaxDeliver:    -1,
+		// An event takes milliseconds to apply. If the instance it was
+		// delivered to dies, every projection waits for this long, so keep
+		// it short; an apply that outlives it is redelivered and applied
+		// idempotently (records are compare-and-swapped and carry their
+		// sequence).
+		AckWait:    2 * time.Second,
+		MaxDeliver: -1,
 		// One event in flight across every instance: the read models are
 		// built in stream order, and each event by one instance at a time.
 		MaxAckPending: 1,

@@ -60,16 +60,16 @@ func (p *Projector) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	seq := md.Sequence.Stream
-	if err := p.Apply(ctx, seq, msg.Data()); err != nil {
+	actx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond) // within the consumer's AckWait
+	defer cancel()
+	if err := p.Apply(actx, seq, msg.Data()); err != nil {
 		if ctx.Err() != nil {
 			return // shutting down: the event is redelivered to whoever runs next
 		}
 		p.log.Error("projector: apply failed, will retry", "seq", seq, "err", err)
-		_ = msg.NakWithDelay(time.Second)
+		_ = msg.NakWithDelay(250 * time.Millisecond)
 		return
 	}
-	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
 	if err := msg.DoubleAck(actx); err != nil {
 		p.log.Warn("projector: ack failed; event will be reapplied idempotently", "seq", seq, "err", err)
 		return

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"sync"
+	"testing"
+
+	"github.com/telapi/telkeys/auth"
+)
+
+// startPair starts two telkeys instances sharing one NATS server (the first
+// one's embedded server), each with its own HTTP port.
+func startPair(t *testing.T) (a, b *testService) {
+	a = startService(t)
+	b = startService(t, func(c *ServeConfig) { c.NATSURL = a.NATSURL })
+	return a, b
+}
+
+func TestMaxKeysUnderConcurrencyAcrossTwoInstances(t *testing.T) {
+	a, b := startPair(t)
+	a.enableTeam("acme", 3)
+	tok := a.token(auth.RoleMember, "acme")
+
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := a
+			if i%2 == 1 {
+				s = b
+			}
+			r := s.do("POST", "/v1/teams/acme/api-keys", tok, map[string]any{"name": "k", "scopes": []string{"READ_TEAM_APPS"}})
+			mu.Lock()
+			statuses[r.status]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if statuses[201] != 3 || statuses[409] != 47 || len(statuses) != 2 {
+		t.Fatalf("statuses %v, want exactly 3 × 201 and 47 × 409", statuses)
+	}
+	for _, s := range []*testService{a, b} {
+		r := s.do("GET", "/v1/teams/acme/api-keys", tok, nil)
+		if n := len(r.json(t)["keys"].([]any)); n != 3 {
+			t.Fatalf("instance lists %d keys, want 3", n)
+		}
+	}
+}
+
+// After a command returns on one instance, the next query on the other
+// instance reflects it.
+func TestReadYourWritesAcrossInstances(t *testing.T) {
+	a, b := startPair(t)
+	a.enableTeam("acme", 100)
+	tok := a.token(auth.RoleMember, "acme")
+	for i := range 20 {
+		writer, reader := a, b
+		if i%2 == 1 {
+			writer, reader = b, a
+		}
+		id := writer.createKey("acme", "k")["id"].(string)
+		r := reader.do("GET", "/v1/teams/acme/api-keys", tok, nil)
+		keys := r.json(t)["keys"].([]any)
+		if len(keys) != i+1 || keys[i].(map[string]any)["id"] != id {
+			t.Fatalf("round %d: the other instance does not see the new key: %s", i, r.body)
+		}
+	}
+	// Deletes too.
+	r := a.do("GET", "/v1/teams/acme/api-keys", tok, nil)
+	first := r.json(t)["keys"].([]any)[0].(map[string]any)["id"].(string)
+	if r := b.do("DELETE", "/v1/teams/acme/api-keys/"+first, tok, nil); r.status != 204 {
+		t.Fatalf("delete: %d", r.status)
+	}
+	r = a.do("GET", "/v1/teams/acme/api-keys", tok, nil)
+	for _, k := range r.json(t)["keys"].([]any) {
+		if k.(map[string]any)["id"] == first {
+			t.Fatal("deleted key still listed on the other instance")
+		}
+	}
+}
