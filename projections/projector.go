@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -18,70 +19,195 @@ import (
 	"github.com/telapi/telkeys/events"
 )
 
-// Projector applies events to the read models.
+const (
+	// maxBatch bounds how many events one batch applies.
+	maxBatch = 256
+	// drainWait is how long a batch waits for events already on their way
+	// before it is applied.
+	drainWait = 200 * time.Microsecond
+)
+
+// Projector applies events to the read models in batches.
+//
+// The durable consumer is pinned to one instance at a time. Events are
+// applied only in stream order and only right after the checkpoint (the
+// stream has no gaps: it denies deletes), so a redelivery, a failover to
+// another instance, or writes lost in a crash can never apply an event
+// twice out of order. Every write is a compare-and-swap on the revision the
+// projector read, so a stale instance that lost its pin cannot overwrite a
+// newer one's writes.
 type Projector struct {
 	h       *bus.Handles
+	js      jetstream.JetStream
 	nc      *nats.Conn
 	tracker *Tracker
 	log     *slog.Logger
 	// OnPending, if set, receives the number of events still to apply after
-	// each one: the projection lag.
+	// each batch: the projection lag.
 	OnPending func(uint64)
+
+	// cache holds records this projector wrote or read, with their
+	// revisions; it is dropped on any failure.
+	cache map[string]cached
+}
+
+type cached struct {
+	rev     uint64
+	val     []byte // msgpack; nil when the key does not exist
+	deleted bool   // the key's last operation is a delete
 }
 
 // NewProjector returns a Projector that reports progress to tracker.
-func NewProjector(h *bus.Handles, nc *nats.Conn, tracker *Tracker, log *slog.Logger) *Projector {
-	return &Projector{h: h, nc: nc, tracker: tracker, log: log, OnPending: func(uint64) {}}
+func NewProjector(h *bus.Handles, js jetstream.JetStream, nc *nats.Conn, tracker *Tracker, log *slog.Logger) *Projector {
+	return &Projector{h: h, js: js, nc: nc, tracker: tracker, log: log, OnPending: func(uint64) {}}
 }
+
+var errGap = errors.New("projections: event after a gap; rewinding to the checkpoint")
 
 // Run consumes events until ctx ends.
 func (p *Projector) Run(ctx context.Context) error {
-	cc, err := p.h.Projector.Consume(func(msg jetstream.Msg) { p.handle(ctx, msg) },
-		jetstream.PullMaxMessages(1),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			if ctx.Err() == nil && !errors.Is(err, jetstream.ErrNoHeartbeat) {
-				p.log.Debug("projector consume", "err", err)
-			}
-		}))
-	if err != nil {
-		return fmt.Errorf("projections: consume: %w", err)
+	for ctx.Err() == nil {
+		err := p.consume(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		if errors.Is(err, errGap) {
+			p.log.Info("projector rewinds to its checkpoint")
+		} else {
+			p.log.Warn("projector restarts", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
-	<-ctx.Done()
-	cc.Drain()
-	<-cc.Closed()
 	return nil
 }
 
-func (p *Projector) handle(ctx context.Context, msg jetstream.Msg) {
-	md, err := msg.Metadata()
+func (p *Projector) consume(ctx context.Context) error {
+	p.cache = map[string]cached{}
+	if err := p.rewindIfLost(ctx); err != nil {
+		return err
+	}
+	it, err := p.h.Projector.Messages(jetstream.PullMaxMessages(maxBatch), jetstream.PullPriorityGroup(bus.ProjectorGroup))
 	if err != nil {
-		p.log.Error("projector: no metadata", "err", err)
-		_ = msg.Term()
-		return
+		return fmt.Errorf("projections: consume: %w", err)
 	}
-	seq := md.Sequence.Stream
-	actx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond) // within the consumer's AckWait
-	defer cancel()
-	if err := p.Apply(actx, seq, msg.Data()); err != nil {
-		if ctx.Err() != nil {
-			return // shutting down: the event is redelivered to whoever runs next
+	defer it.Stop()
+	for {
+		first, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			return err
 		}
-		p.log.Error("projector: apply failed, will retry", "seq", seq, "err", err)
-		_ = msg.NakWithDelay(250 * time.Millisecond)
-		return
+		batch := []jetstream.Msg{first}
+		for len(batch) < maxBatch {
+			m, err := it.Next(jetstream.NextMaxWait(drainWait))
+			if err != nil {
+				break
+			}
+			batch = append(batch, m)
+		}
+		if err := p.applyBatch(ctx, batch); err != nil {
+			p.cache = map[string]cached{}
+			return err
+		}
 	}
-	if err := msg.DoubleAck(actx); err != nil {
-		p.log.Warn("projector: ack failed; event will be reapplied idempotently", "seq", seq, "err", err)
-		return
-	}
-	p.tracker.Advance(seq)
-	p.OnPending(md.NumPending)
-	_ = p.nc.Publish(bus.ProjectedSubject, strconv.AppendUint(nil, seq, 10))
 }
 
-// Apply applies one stored event. It is idempotent: an event at or below
-// the sequence already applied to its aggregate changes nothing.
-func (p *Projector) Apply(ctx context.Context, seq uint64, data []byte) error {
+func (p *Projector) applyBatch(ctx context.Context, batch []jetstream.Msg) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	cp, cpRev, err := p.checkpoint(ctx)
+	if err != nil {
+		return err
+	}
+	w := &writes{p: p}
+	last := batch[len(batch)-1]
+	next := cp + 1
+	var pending uint64
+	for _, m := range batch {
+		md, err := m.Metadata()
+		if err != nil {
+			return err
+		}
+		seq := md.Sequence.Stream
+		pending = md.NumPending
+		switch {
+		case seq < next: // applied before (a redelivery)
+			continue
+		case seq > next:
+			// Earlier events are missing: lost writes after a crash, or a
+			// redelivery that skipped ahead. Start again after the checkpoint.
+			if _, err := p.js.ResetConsumerToSequence(ctx, bus.EventStream, bus.ProjectorConsumer, next); err != nil {
+				return fmt.Errorf("projections: rewind to %d: %w", next, err)
+			}
+			return errGap
+		}
+		if err := p.apply(ctx, w, seq, m.Data()); err != nil {
+			return fmt.Errorf("projections: event %d: %w", seq, err)
+		}
+		next++
+	}
+	if next-1 > cp {
+		if err := w.flush(ctx); err != nil {
+			return err
+		}
+		// The checkpoint goes last, after every record write is stored: the
+		// bucket is one stream, so a crash that loses writes loses a suffix,
+		// and a surviving checkpoint implies every write before it.
+		w.put(bus.CheckpointKey, cpRev, strconv.AppendUint(nil, next-1, 10))
+		if err := w.flush(ctx); err != nil {
+			return err
+		}
+	}
+	if err := last.Ack(); err != nil { // AckAll: acknowledges the whole batch
+		return err
+	}
+	p.tracker.Advance(next - 1)
+	p.OnPending(pending)
+	return p.nc.Publish(bus.ProjectedSubject, strconv.AppendUint(nil, next-1, 10))
+}
+
+// rewindIfLost handles a crash that lost read-model writes the consumer had
+// already been told about: events acknowledged past the checkpoint are
+// delivered again.
+func (p *Projector) rewindIfLost(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	cp, _, err := p.checkpoint(ctx)
+	if err != nil {
+		return err
+	}
+	info, err := p.h.Projector.Info(ctx)
+	if err != nil {
+		return err
+	}
+	if info.AckFloor.Stream <= cp {
+		return nil
+	}
+	p.log.Warn("read models behind the projector's acknowledgements; re-applying", "checkpoint", cp, "acked", info.AckFloor.Stream)
+	_, err = p.js.ResetConsumerToSequence(ctx, bus.EventStream, bus.ProjectorConsumer, cp+1)
+	return err
+}
+
+// checkpoint returns the stream sequence the read models reflect.
+func (p *Projector) checkpoint(ctx context.Context) (uint64, uint64, error) {
+	e, err := p.h.ReadModel.Get(ctx, bus.CheckpointKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	seq, err := strconv.ParseUint(string(e.Value()), 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("projections: bad checkpoint: %w", err)
+	}
+	return seq, e.Revision(), nil
+}
+
+// apply folds one event into the pending writes.
+func (p *Projector) apply(ctx context.Context, w *writes, seq uint64, data []byte) error {
 	ev, err := events.Unmarshal(data)
 	if err != nil {
 		return err
@@ -94,39 +220,30 @@ func (p *Projector) Apply(ctx context.Context, seq uint64, data []byte) error {
 	if err != nil {
 		return err
 	}
-	if ev.Aggregate == events.PlatformAggregate {
-		return p.applyPlatform(ctx, seq, payload)
+	if f, ok := payload.(events.PlatformFlagSet); ok {
+		var rec FlagRecord
+		rev, err := w.get(ctx, bus.FlagPrefix+f.Flag, &rec)
+		if err != nil || (rev > 0 && rec.Seq >= seq) {
+			return err
+		}
+		w.put(bus.FlagPrefix+f.Flag, rev, mustMarshal(FlagRecord{Seq: seq, Enabled: f.Enabled}))
+		return nil
 	}
 	team, ok := events.TeamOf(ev.Aggregate)
 	if !ok {
 		p.log.Warn("projector: skipping event of unknown aggregate", "seq", seq, "aggregate", ev.Aggregate)
 		return nil
 	}
-	return p.applyTeam(ctx, seq, team, ev, payload)
-}
-
-func (p *Projector) applyPlatform(ctx context.Context, seq uint64, payload events.Payload) error {
-	f, ok := payload.(events.PlatformFlagSet)
-	if !ok {
-		return nil
-	}
-	var rec FlagRecord
-	rev, err := get(ctx, p.h.Platform, f.Flag, &rec)
-	if err != nil || (rev > 0 && rec.Seq >= seq) {
-		return err
-	}
-	return put(ctx, p.h.Platform, f.Flag, rev, FlagRecord{Seq: seq, Enabled: f.Enabled})
-}
-
-// applyTeam writes the key records first and the team record last: the
-// team record's Seq is the aggregate's checkpoint, so a crash in between
-// makes the whole event apply again, and each write is idempotent.
-func (p *Projector) applyTeam(ctx context.Context, seq uint64, team string, ev events.Envelope, payload events.Payload) error {
+	// Each record carries the sequence of the last event applied to it and
+	// is only changed by later events. After a crash some records may be
+	// ahead of the checkpoint; re-applying the events in between then
+	// leaves them as they are.
 	var rec TeamRecord
-	rev, err := get(ctx, p.h.Teams, team, &rec)
-	if err != nil || (rev > 0 && rec.Seq >= seq) {
+	rev, err := w.get(ctx, bus.TeamPrefix+team, &rec)
+	if err != nil {
 		return err
 	}
+	teamBehind := rec.Seq < seq
 	rec.Team = team
 	switch e := payload.(type) {
 	case events.TeamAccessConfigured:
@@ -140,72 +257,185 @@ func (p *Projector) applyTeam(ctx context.Context, seq uint64, team string, ev e
 			Seq: seq, ID: e.KeyID, Team: team, Name: e.Name, Scopes: e.Scopes,
 			Hash: hex.EncodeToString(e.Hash), Last4: e.Last4, CreatedAt: ev.Time,
 		}
-		n, err := p.updateTeamKeys(ctx, team, seq, func(keys []KeyRecord) []KeyRecord {
-			if slices.ContainsFunc(keys, func(x KeyRecord) bool { return x.ID == k.ID }) {
-				return keys
-			}
-			return append(keys, k)
-		})
+		n, err := w.updateTeamKeys(ctx, team, seq, func(keys []KeyRecord) []KeyRecord { return append(keys, k) })
 		if err != nil {
 			return err
 		}
-		if _, err := p.h.Keys.Put(ctx, k.Hash, mustMarshal(k)); err != nil {
+		// A key's record is written once and deleted once, never again: if
+		// its subject has any history, this create was applied before.
+		st, err := w.keyState(ctx, bus.KeyPrefix+k.Hash)
+		if err != nil {
 			return err
+		}
+		if !st.seen {
+			w.put(bus.KeyPrefix+k.Hash, st.rev, mustMarshal(k))
 		}
 		rec.Keys = n
 	case events.KeyDeleted:
-		n, err := p.updateTeamKeys(ctx, team, seq, func(keys []KeyRecord) []KeyRecord {
+		n, err := w.updateTeamKeys(ctx, team, seq, func(keys []KeyRecord) []KeyRecord {
 			return slices.DeleteFunc(keys, func(x KeyRecord) bool { return x.ID == e.KeyID })
 		})
 		if err != nil {
 			return err
 		}
-		if err := p.h.Keys.Delete(ctx, hex.EncodeToString(e.Hash)); err != nil {
+		hashKey := bus.KeyPrefix + hex.EncodeToString(e.Hash)
+		st, err := w.keyState(ctx, hashKey)
+		if err != nil {
 			return err
+		}
+		if st.live {
+			w.del(hashKey, st.rev)
 		}
 		rec.Keys = n
 	}
+	if !teamBehind {
+		return nil
+	}
 	rec.Seq = seq
 	rec.UpdatedAt = ev.Time
-	return put(ctx, p.h.Teams, team, rev, rec)
+	w.put(bus.TeamPrefix+team, rev, mustMarshal(rec))
+	return nil
 }
 
-func (p *Projector) updateTeamKeys(ctx context.Context, team string, seq uint64, f func([]KeyRecord) []KeyRecord) (int, error) {
+// writes collects one batch's writes in order, and sees its own writes.
+type writes struct {
+	p   *Projector
+	ops []op
+}
+
+type op struct {
+	key string
+	rev uint64 // expected revision; 0 = must not exist
+	val []byte // nil = delete
+}
+
+// get reads a record through the cache, then the bucket. rev is the
+// revision the next write must expect (pendingRev if this batch wrote it).
+func (w *writes) get(ctx context.Context, key string, into any) (uint64, error) {
+	c, ok := w.p.cache[key]
+	if !ok {
+		e, err := w.p.h.ReadModel.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			return 0, err
+		default:
+			c = cached{rev: e.Revision(), val: e.Value()}
+		}
+		w.p.cache[key] = c
+	}
+	if into != nil && c.val != nil {
+		if err := msgpack.Unmarshal(c.val, into); err != nil {
+			return 0, fmt.Errorf("projections: %s: %w", key, err)
+		}
+	}
+	return c.rev, nil
+}
+
+// put queues a write and makes it visible to later gets of this batch.
+func (w *writes) put(key string, rev uint64, val []byte) {
+	w.ops = append(w.ops, op{key: key, rev: rev, val: val})
+	w.p.cache[key] = cached{rev: pendingRev, val: val}
+}
+
+func (w *writes) del(key string, rev uint64) {
+	w.ops = append(w.ops, op{key: key, rev: rev})
+	w.p.cache[key] = cached{rev: pendingRev, deleted: true}
+}
+
+// keyHistory says whether a key.<hash> subject was ever written (seen),
+// whether it holds a live record (live), and the revision to expect.
+type keyHistory struct {
+	seen, live bool
+	rev        uint64
+}
+
+// keyState reads a key record's history from the stream: unlike a KV get,
+// it tells a deleted key from one never written.
+func (w *writes) keyState(ctx context.Context, key string) (keyHistory, error) {
+	if c, ok := w.p.cache[key]; ok {
+		return keyHistory{seen: c.val != nil || c.deleted, live: c.val != nil, rev: c.rev}, nil
+	}
+	m, err := w.p.h.ReadModelStream.GetLastMsgForSubject(ctx, "$KV."+bus.BucketReadModel+"."+key)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return keyHistory{}, nil
+	}
+	if err != nil {
+		return keyHistory{}, err
+	}
+	op := m.Header.Get("KV-Operation")
+	return keyHistory{seen: true, live: op != "DEL" && op != "PURGE", rev: m.Sequence}, nil
+}
+
+func (w *writes) updateTeamKeys(ctx context.Context, team string, seq uint64, f func([]KeyRecord) []KeyRecord) (int, error) {
 	var tk TeamKeysRecord
-	rev, err := get(ctx, p.h.TeamKeys, team, &tk)
+	rev, err := w.get(ctx, bus.TeamKeysPrefix+team, &tk)
 	if err != nil {
 		return 0, err
+	}
+	if rev > 0 && tk.Seq >= seq { // applied before
+		return len(tk.Keys), nil
 	}
 	tk.Keys = f(tk.Keys)
 	tk.Seq = seq
-	return len(tk.Keys), put(ctx, p.h.TeamKeys, team, rev, tk)
+	w.put(bus.TeamKeysPrefix+team, rev, mustMarshal(tk))
+	return len(tk.Keys), nil
 }
 
-// get reads a record; rev is 0 when the key does not exist.
-func get(ctx context.Context, kv jetstream.KeyValue, key string, into any) (uint64, error) {
-	e, err := kv.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	if err := msgpack.Unmarshal(e.Value(), into); err != nil {
-		return 0, fmt.Errorf("projections: %s/%s: %w", kv.Bucket(), key, err)
-	}
-	return e.Revision(), nil
-}
+// pendingRev marks a cache entry written in the current batch.
+const pendingRev = ^uint64(0)
 
-// put writes a record with compare-and-swap on the revision read, so two
-// projectors can never interleave writes to one record.
-func put(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64, v any) error {
-	var err error
-	if rev == 0 {
-		_, err = kv.Create(ctx, key, mustMarshal(v))
-	} else {
-		_, err = kv.Update(ctx, key, mustMarshal(v), rev)
+// flush publishes the batch's writes at once and waits for every ack: one
+// round trip instead of one per write. A key written several times in the
+// batch is written once, with its last value, expecting the revision it
+// had before the batch.
+func (w *writes) flush(ctx context.Context) error {
+	type final struct {
+		key string
+		rev uint64
+		val []byte
 	}
-	return err
+	idx := map[string]int{}
+	var fin []final
+	for _, o := range w.ops {
+		if i, ok := idx[o.key]; ok {
+			fin[i].val = o.val
+			continue
+		}
+		idx[o.key] = len(fin)
+		fin = append(fin, final{o.key, o.rev, o.val})
+	}
+	w.ops = w.ops[:0]
+	prefix := "$KV." + bus.BucketReadModel + "."
+	futures := make([]jetstream.PubAckFuture, len(fin))
+	for i, o := range fin {
+		msg := nats.NewMsg(prefix + o.key)
+		msg.Data = o.val
+		if o.val == nil {
+			msg.Header.Set("KV-Operation", "DEL")
+		}
+		f, err := w.p.js.PublishMsgAsync(msg, jetstream.WithExpectLastSequencePerSubject(o.rev))
+		if err != nil {
+			return err
+		}
+		futures[i] = f
+	}
+	for i, f := range futures {
+		select {
+		case ack := <-f.Ok():
+			key := fin[i].key
+			if strings.HasPrefix(key, bus.KeyPrefix) {
+				delete(w.p.cache, key) // one per key ever made: not worth memory
+			} else {
+				w.p.cache[key] = cached{rev: ack.Sequence, val: fin[i].val}
+			}
+		case err := <-f.Err():
+			return fmt.Errorf("projections: write %s: %w", fin[i].key, err)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }
 
 func mustMarshal(v any) []byte {

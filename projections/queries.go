@@ -3,24 +3,42 @@ package projections
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/telapi/telkeys/bus"
 )
 
 // ReadModel answers queries from the KV read models.
-type ReadModel struct{ h *bus.Handles }
+type ReadModel struct{ kv jetstream.KeyValue }
 
-// NewReadModel returns a ReadModel over the opened buckets.
-func NewReadModel(h *bus.Handles) *ReadModel { return &ReadModel{h: h} }
+// NewReadModel returns a ReadModel over the read-model bucket.
+func NewReadModel(h *bus.Handles) *ReadModel { return &ReadModel{kv: h.ReadModel} }
+
+// get reads a record; found is false when the key does not exist.
+func (r *ReadModel) get(ctx context.Context, key string, into any) (bool, error) {
+	e, err := r.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if err := msgpack.Unmarshal(e.Value(), into); err != nil {
+		return false, fmt.Errorf("projections: %s: %w", key, err)
+	}
+	return true, nil
+}
 
 // Team returns a team's record; a team never configured gets a disabled
 // record with no keys.
 func (r *ReadModel) Team(ctx context.Context, team string) (TeamRecord, error) {
 	rec := TeamRecord{Team: team}
-	_, err := get(ctx, r.h.Teams, team, &rec)
+	_, err := r.get(ctx, bus.TeamPrefix+team, &rec)
 	if rec.AllowedScopes == nil {
 		rec.AllowedScopes = []string{}
 	}
@@ -30,22 +48,20 @@ func (r *ReadModel) Team(ctx context.Context, team string) (TeamRecord, error) {
 // TeamKeys returns a team's active keys in creation order.
 func (r *ReadModel) TeamKeys(ctx context.Context, team string) ([]KeyRecord, error) {
 	var tk TeamKeysRecord
-	if _, err := get(ctx, r.h.TeamKeys, team, &tk); err != nil {
-		return nil, err
-	}
-	return tk.Keys, nil
+	_, err := r.get(ctx, bus.TeamKeysPrefix+team, &tk)
+	return tk.Keys, err
 }
 
 // Teams returns every configured team, sorted by id.
 func (r *ReadModel) Teams(ctx context.Context) ([]TeamRecord, error) {
-	lister, err := r.h.Teams.ListKeys(ctx)
+	lister, err := r.kv.ListKeysFiltered(ctx, bus.TeamPrefix+"*")
 	if err != nil {
 		return nil, err
 	}
 	defer func() { _ = lister.Stop() }()
 	var ids []string
 	for k := range lister.Keys() {
-		ids = append(ids, k)
+		ids = append(ids, strings.TrimPrefix(k, bus.TeamPrefix))
 	}
 	slices.Sort(ids)
 	ids = slices.Compact(ids) // a lister may repeat a key written meanwhile
@@ -63,16 +79,13 @@ func (r *ReadModel) Teams(ctx context.Context) ([]TeamRecord, error) {
 // WebRTC returns the platform's webrtc flag: on unless turned off.
 func (r *ReadModel) WebRTC(ctx context.Context) (bool, error) {
 	rec := FlagRecord{Enabled: true}
-	_, err := get(ctx, r.h.Platform, "webrtc", &rec)
+	_, err := r.get(ctx, bus.FlagPrefix+"webrtc", &rec)
 	return rec.Enabled, err
 }
 
 // KeyByHash returns the active key with that hex SHA-256.
 func (r *ReadModel) KeyByHash(ctx context.Context, hash string) (KeyRecord, bool, error) {
 	var k KeyRecord
-	rev, err := get(ctx, r.h.Keys, hash, &k)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return k, false, nil
-	}
-	return k, rev > 0, err
+	found, err := r.get(ctx, bus.KeyPrefix+hash, &k)
+	return k, found, err
 }

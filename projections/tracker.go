@@ -2,6 +2,7 @@ package projections
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 	"time"
@@ -18,22 +19,22 @@ import (
 // see it.
 //
 // It learns progress from the local projector, from the core-NATS hint that
-// every projector publishes, and, while someone waits, from the durable
-// consumer's ack floor, so a lost hint only delays a waiter by one poll.
+// every projector publishes, and, while someone waits, from the read-model
+// checkpoint, so a lost hint only delays a waiter by one poll.
 type Tracker struct {
-	cons jetstream.Consumer
+	kv jetstream.KeyValue
 
 	mu      sync.Mutex
 	applied uint64
 	changed chan struct{} // closed and replaced on every advance
 }
 
-// pollEvery is how often a waiter asks the consumer for its ack floor.
+// pollEvery is how often a waiter reads the checkpoint.
 const pollEvery = 50 * time.Millisecond
 
-// NewTracker starts from the consumer's current ack floor.
-func NewTracker(ctx context.Context, cons jetstream.Consumer) (*Tracker, error) {
-	t := &Tracker{cons: cons, changed: make(chan struct{})}
+// NewTracker starts from the read models' checkpoint.
+func NewTracker(ctx context.Context, h *bus.Handles) (*Tracker, error) {
+	t := &Tracker{kv: h.ReadModel, changed: make(chan struct{})}
 	if err := t.refresh(ctx); err != nil {
 		return nil, err
 	}
@@ -91,10 +92,17 @@ func (t *Tracker) Wait(ctx context.Context, seq uint64) error {
 }
 
 func (t *Tracker) refresh(ctx context.Context) error {
-	info, err := t.cons.Info(ctx)
+	e, err := t.kv.Get(ctx, bus.CheckpointKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
-	t.Advance(info.AckFloor.Stream)
+	seq, err := strconv.ParseUint(string(e.Value()), 10, 64)
+	if err != nil {
+		return err
+	}
+	t.Advance(seq)
 	return nil
 }

@@ -106,7 +106,7 @@ func TestContract(t *testing.T) {
 		expectProblem(t, s.do("POST", "/v1/teams/acme/api-keys", sa, map[string]any{"name": "x", "scopes": []string{"READ_TEAM_APPS"}}), 403, "forbidden")
 		s.createKey("acme", "second")
 		expectProblem(t, s.do("POST", "/v1/teams/acme/api-keys", mem, map[string]any{"name": "third", "scopes": []string{"READ_TEAM_APPS"}}), 409, "max_keys_reached")
-		expectProblem(t, s.do("POST", "/v1/teams/acme/api-keys", mem, strings.Repeat("x", 1<<20+1)), 413, "body_too_large")
+		expectProblem(t, s.oversized("POST", "/v1/teams/acme/api-keys", mem), 413, "body_too_large")
 		other := s.token(auth.RoleMember, "off")
 		expectProblem(t, s.do("POST", "/v1/teams/off/api-keys", other, map[string]any{"name": "x", "scopes": []string{"READ_TEAM_APPS"}}), 403, "team_api_disabled")
 	})

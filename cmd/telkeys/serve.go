@@ -172,7 +172,7 @@ func Start(ctx context.Context, cfg ServeConfig, log *slog.Logger) (svc *Service
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := api.NewMetrics(reg)
 
-	tracker, err := projections.NewTracker(ctx, h.Projector)
+	tracker, err := projections.NewTracker(ctx, h)
 	if err != nil {
 		return nil, err
 	}
@@ -185,7 +185,7 @@ func Start(ctx context.Context, cfg ServeConfig, log *slog.Logger) (svc *Service
 	}
 	readyAt := info.State.LastSeq // ready once the read models include what was stored before start
 
-	projector := projections.NewProjector(h, svc.nc, tracker, log.With("component", "projector"))
+	projector := projections.NewProjector(h, js, svc.nc, tracker, log.With("component", "projector"))
 	projector.OnPending = func(n uint64) { metrics.ProjectionPending.Set(float64(n)) }
 	var projCtx context.Context
 	projCtx, svc.stopProj = context.WithCancel(context.Background())

@@ -1,0 +1,199 @@
+package projections_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/telapi/telkeys/apikey"
+	"github.com/telapi/telkeys/bus"
+	"github.com/telapi/telkeys/bus/bustest"
+	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/events"
+	"github.com/telapi/telkeys/projections"
+)
+
+var (
+	admin  = events.Actor{Subject: "root", Role: "superadmin"}
+	member = events.Actor{Subject: "m", Role: "member"}
+)
+
+type rig struct {
+	t       *testing.T
+	h       *bus.Handles
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	cmds    *commands.Handler
+	tracker *projections.Tracker
+	rm      *projections.ReadModel
+	stop    func()
+}
+
+func newRig(t *testing.T) *rig {
+	_, nc, h := bustest.Setup(t)
+	js, _ := jetstream.New(nc)
+	cmds, err := commands.New(commands.Config{JS: js, Events: h.Events, Snapshots: h.Snapshots})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &rig{t: t, h: h, nc: nc, js: js, cmds: cmds, rm: projections.NewReadModel(h)}
+	r.start()
+	t.Cleanup(func() { r.stop() })
+	return r
+}
+
+func (r *rig) start() {
+	tr, err := projections.NewTracker(context.Background(), r.h)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.tracker = tr
+	p := projections.NewProjector(r.h, r.js, r.nc, tr, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = p.Run(ctx) }()
+	r.stop = func() { cancel(); <-done }
+}
+
+func (r *rig) wait(seq uint64) {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := r.tracker.Wait(ctx, seq); err != nil {
+		r.t.Fatalf("projection did not reach %d: %v", seq, err)
+	}
+}
+
+func (r *rig) configure(team string, max int) uint64 {
+	_, res, err := r.cmds.ConfigureTeamAccess(context.Background(), admin, team, commands.AccessConfig{
+		Enabled: true, AllowedScopes: apikey.Scopes(), MaxKeys: max,
+	})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return res.Seq
+}
+
+func (r *rig) create(team string) commands.CreatedKey {
+	k, err := r.cmds.CreateKey(context.Background(), member, team, "k", []string{apikey.ScopeReadTeamApps})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return k
+}
+
+// state is what the read models say about a team's keys.
+func (r *rig) state(team string) (ids []string, count int, live map[string]bool) {
+	r.t.Helper()
+	ctx := context.Background()
+	keys, err := r.rm.TeamKeys(ctx, team)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	live = map[string]bool{}
+	for _, k := range keys {
+		ids = append(ids, k.ID)
+		_, found, err := r.rm.KeyByHash(ctx, k.Hash)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		live[k.ID] = found
+	}
+	rec, err := r.rm.Team(ctx, team)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return ids, rec.Keys, live
+}
+
+func TestProjectionBuildsReadModels(t *testing.T) {
+	r := newRig(t)
+	r.configure("acme", 10)
+	a, b, c := r.create("acme"), r.create("acme"), r.create("acme")
+	res, err := r.cmds.DeleteKey(context.Background(), member, "acme", b.Key.ID, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fres, err := r.cmds.SetPlatformFlag(context.Background(), admin, commands.FlagWebRTC, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.wait(max(res.Seq, fres.Seq))
+	ids, count, live := r.state("acme")
+	if !slices.Equal(ids, []string{a.Key.ID, c.Key.ID}) || count != 2 || !live[a.Key.ID] || !live[c.Key.ID] {
+		t.Fatalf("ids %v count %d live %v", ids, count, live)
+	}
+	if _, found, _ := r.rm.KeyByHash(context.Background(), apikey.HashOf(b.Plaintext).String()); found {
+		t.Fatal("deleted key still findable by hash")
+	}
+	if on, _ := r.rm.WebRTC(context.Background()); on {
+		t.Fatal("webrtc flag not projected")
+	}
+}
+
+// A crash can lose read-model writes (the bucket is flushed asynchronously)
+// after the consumer learned of them. Simulate it by moving the checkpoint
+// back: the projector must re-apply from there, and no deleted key may come
+// back, no key be listed twice.
+func TestProjectionRecoversLostWrites(t *testing.T) {
+	r := newRig(t)
+	r.configure("acme", 100)
+	var keep []string
+	var last uint64
+	for i := range 10 {
+		k := r.create("acme")
+		last = k.Result.Seq
+		if i%3 == 0 {
+			res, err := r.cmds.DeleteKey(context.Background(), member, "acme", k.Key.ID, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			last = res.Seq
+			continue
+		}
+		keep = append(keep, k.Key.ID)
+	}
+	r.wait(last)
+	r.stop()
+
+	// Lose everything after event 2 as far as the checkpoint knows.
+	if _, err := r.h.ReadModel.Put(context.Background(), bus.CheckpointKey, []byte(strconv.Itoa(2))); err != nil {
+		t.Fatal(err)
+	}
+	r.start()
+	r.wait(last)
+	ids, count, live := r.state("acme")
+	if !slices.Equal(ids, keep) || count != len(keep) {
+		t.Fatalf("after re-apply: ids %v (count %d), want %v", ids, count, keep)
+	}
+	for id, ok := range live {
+		if !ok {
+			t.Fatalf("key %s listed but not findable by hash", id)
+		}
+	}
+	// Deleted keys stay deleted: exactly the kept keys are live by hash.
+	n := 0
+	lister, err := r.h.ReadModel.ListKeysFiltered(context.Background(), bus.KeyPrefix+"*")
+	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+		t.Fatal(err)
+	}
+	for range lister.Keys() {
+		n++
+	}
+	if n != len(keep) {
+		t.Fatalf("%d keys by hash, want %d", n, len(keep))
+	}
+	// And it keeps going.
+	k := r.create("acme")
+	r.wait(k.Result.Seq)
+	if ids, _, _ := r.state("acme"); len(ids) != len(keep)+1 {
+		t.Fatalf("new key not projected after recovery: %v", ids)
+	}
+}
