@@ -69,6 +69,9 @@ func New(secret []byte, validTeam func(string) bool) (*Authority, error) {
 	if len(secret) < MinSecretLen {
 		return nil, fmt.Errorf("auth: secret must be at least %d bytes", MinSecretLen)
 	}
+	if validTeam == nil {
+		return nil, errors.New("auth: a team validator is required")
+	}
 	return &Authority{secret: secret, validTeam: validTeam, now: time.Now}, nil
 }
 
@@ -172,20 +175,28 @@ func ResolveSecret(configured, dataDir string) ([]byte, error) {
 		return nil, err
 	}
 	secret := hex.EncodeToString(raw)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrExist) { // another process won the race: use its secret
-		return ResolveSecret("", dataDir)
-	}
+	// Write a temporary file, then link it into place: readers never see a
+	// partial file, and the link fails if another process won the race.
+	tmp, err := os.CreateTemp(dataDir, secretFile+".*.tmp") // mode 0600
 	if err != nil {
 		return nil, err
 	}
-	if _, err := f.WriteString(secret + "\n"); err != nil {
-		f.Close()
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.WriteString(secret + "\n"); err != nil {
+		tmp.Close()
 		return nil, err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
 		return nil, err
 	}
-	return []byte(secret), f.Close()
+	if err := tmp.Close(); err != nil {
+		return nil, err
+	}
+	if err := os.Link(tmp.Name(), path); errors.Is(err, os.ErrExist) {
+		return ResolveSecret("", dataDir) // another process won the race: use its secret
+	} else if err != nil {
+		return nil, err
+	}
+	return []byte(secret), nil
 }

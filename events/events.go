@@ -134,7 +134,7 @@ func New(id, aggregate string, actor Actor, at time.Time, prev []byte, p Payload
 func (e Envelope) ComputeHash() []byte {
 	canon, err := msgpack.Marshal([]any{
 		EnvelopeVersion, e.ID, string(e.Type), e.Aggregate, e.Actor.Subject, e.Actor.Role,
-		e.Time.UnixNano(), e.Version, e.Prev, []byte(e.Payload),
+		e.Time.Unix(), e.Time.Nanosecond(), e.Version, e.Prev, []byte(e.Payload),
 	})
 	if err != nil { // only basic types above: cannot fail
 		panic(err)
@@ -159,7 +159,15 @@ func (e Envelope) Marshal() ([]byte, error) { return msgpack.Marshal(e) }
 
 // Unmarshal decodes the wire form of an envelope. Unknown fields are ignored.
 // It does not decode the payload; see Decode.
-func Unmarshal(b []byte) (Envelope, error) {
+func Unmarshal(b []byte) (_ Envelope, err error) {
+	defer func() { // the decoder panics on some input (nil into time.Time)
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v", ErrMalformed, r)
+		}
+	}()
+	if err := checkLengths(b); err != nil {
+		return Envelope{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
 	var e Envelope
 	if err := msgpack.Unmarshal(b, &e); err != nil {
 		return Envelope{}, fmt.Errorf("%w: %v", ErrMalformed, err)
@@ -174,7 +182,12 @@ func Unmarshal(b []byte) (Envelope, error) {
 // Decode returns the typed payload of an envelope. Every schema version ever
 // written is accepted; an unknown type gives ErrUnknownType so that readers
 // can skip events from newer writers.
-func (e Envelope) Decode() (Payload, error) {
+func (e Envelope) Decode() (_ Payload, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %s payload: %v", ErrMalformed, e.Type, r)
+		}
+	}()
 	var p Payload
 	switch e.Type {
 	case TypePlatformFlagSet:
@@ -187,6 +200,9 @@ func (e Envelope) Decode() (Payload, error) {
 		p = &KeyDeleted{}
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnknownType, e.Type)
+	}
+	if err := checkLengths(e.Payload); err != nil {
+		return nil, fmt.Errorf("%w: %s payload: %v", ErrMalformed, e.Type, err)
 	}
 	if err := msgpack.Unmarshal(e.Payload, p); err != nil {
 		return nil, fmt.Errorf("%w: %s payload: %v", ErrMalformed, e.Type, err)
