@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/telapi/telkeys/apikey"
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/commands"
 	"github.com/telapi/telkeys/events"
@@ -157,7 +159,7 @@ func (s *Server) observe(c *fiber.Ctx) error {
 	route := c.Route().Path
 	s.cfg.Metrics.observeHTTP(c.Method(), route, status, time.Since(start))
 	attrs := []any{
-		"request_id", rid, "method", c.Method(), "route", route, "path", c.Path(),
+		"request_id", rid, "method", c.Method(), "route", route, "path", redactKeys(c.Path()),
 		"status", status, "duration_ms", float64(time.Since(start).Microseconds()) / 1000,
 	}
 	if code != "" {
@@ -168,6 +170,35 @@ func (s *Server) observe(c *fiber.Ctx) error {
 	}
 	s.cfg.Log.Info("http", attrs...)
 	return nil
+}
+
+// redactKeys masks whatever looks like an API key ("tk_" and at least 16
+// base62 characters) in s: a caller who puts a key in a URL (DELETE by key
+// instead of id, a mistyped route) must not get it into a log line.
+func redactKeys(s string) string {
+	const minRun = 16
+	var b strings.Builder
+	for {
+		i := strings.Index(s, apikey.Prefix)
+		if i < 0 {
+			if b.Len() == 0 {
+				return s
+			}
+			b.WriteString(s)
+			return b.String()
+		}
+		j := i + len(apikey.Prefix)
+		for j < len(s) && ('0' <= s[j] && s[j] <= '9' || 'A' <= s[j] && s[j] <= 'Z' || 'a' <= s[j] && s[j] <= 'z') {
+			j++
+		}
+		b.WriteString(s[:i])
+		if j-i-len(apikey.Prefix) >= minRun {
+			b.WriteString(apikey.Prefix + "[redacted]")
+		} else {
+			b.WriteString(s[i:j])
+		}
+		s = s[j:]
+	}
 }
 
 func (s *Server) healthz(c *fiber.Ctx) error {

@@ -19,12 +19,13 @@ const claimsKey ctxKey = iota
 // authenticate requires a valid bearer token on every /v1 route.
 func (s *Server) authenticate(c *fiber.Ctx) error {
 	h := c.Get(fiber.HeaderAuthorization)
-	token, ok := strings.CutPrefix(h, "Bearer ")
+	// The scheme is case-insensitive (RFC 9110 §11.1).
+	ok := len(h) > 7 && strings.EqualFold(h[:7], "bearer ")
 	if !ok {
 		c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="telkeys"`)
 		return fmt.Errorf("%w: missing bearer token", auth.ErrUnauthorized)
 	}
-	cl, err := s.cfg.Auth.Verify(strings.TrimSpace(token))
+	cl, err := s.cfg.Auth.Verify(strings.TrimSpace(h[7:]))
 	if err != nil {
 		c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="telkeys", error="invalid_token"`)
 		return err

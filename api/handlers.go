@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gofiber/fiber/v2"
 
@@ -82,6 +83,11 @@ func accessJSON(r projections.TeamRecord) accessConfigJSON {
 // decodeBody reads a JSON object strictly: no unknown fields, no trailing
 // data. Its errors never echo the input.
 func decodeBody(c *fiber.Ctx, v any) error {
+	// JSON must be UTF-8 (RFC 8259 §8.1); encoding/json would silently
+	// turn invalid bytes into U+FFFD and accept them.
+	if !utf8.Valid(c.Body()) {
+		return badRequest("body must be UTF-8")
+	}
 	dec := json.NewDecoder(bytes.NewReader(c.Body()))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {

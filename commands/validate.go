@@ -64,8 +64,10 @@ func NormalizeName(name string) (string, error) {
 	}
 	for _, r := range name {
 		// IsPrint excludes control and format characters (bidi overrides,
-		// zero-width joiners) and every space but U+0020.
-		if !unicode.IsPrint(r) {
+		// zero-width joiners) and every space but U+0020. U+FFFD is what
+		// encoding/json makes of a lone surrogate escape ("\ud800") or of
+		// invalid UTF-8: never a name anyone typed.
+		if !unicode.IsPrint(r) || r == utf8.RuneError {
 			return "", invalid("name", "must contain only printable characters")
 		}
 	}

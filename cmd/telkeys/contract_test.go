@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net/http"
 	"regexp"
 	"slices"
 	"strings"
@@ -29,6 +30,14 @@ func TestContract(t *testing.T) {
 		}
 		expectProblem(t, s.do("GET", "/v1/platform/flags", "", nil), 401, "unauthorized")
 		expectProblem(t, s.do("GET", "/v1/platform/flags", mem, nil), 403, "forbidden")
+		// The auth scheme is case-insensitive.
+		req, _ := http.NewRequest("GET", s.base+"/v1/platform/flags", nil)
+		req.Header.Set("Authorization", "bearer "+sa)
+		if res, err := http.DefaultClient.Do(req); err != nil || res.StatusCode != 200 {
+			t.Fatalf("lower-case scheme: %v %v", res, err)
+		} else {
+			res.Body.Close()
+		}
 	})
 
 	t.Run("PUT /v1/platform/flags/webrtc", func(t *testing.T) {
@@ -106,7 +115,7 @@ func TestContract(t *testing.T) {
 		expectProblem(t, s.do("POST", "/v1/teams/acme/api-keys", sa, map[string]any{"name": "x", "scopes": []string{"READ_TEAM_APPS"}}), 403, "forbidden")
 		s.createKey("acme", "second")
 		expectProblem(t, s.do("POST", "/v1/teams/acme/api-keys", mem, map[string]any{"name": "third", "scopes": []string{"READ_TEAM_APPS"}}), 409, "max_keys_reached")
-		expectProblem(t, s.oversized("POST", "/v1/teams/acme/api-keys", mem), 413, "body_too_large")
+		expectProblem(t, s.do("POST", "/v1/teams/acme/api-keys", mem, strings.Repeat("x", 1<<20+1)), 413, "body_too_large")
 		other := s.token(auth.RoleMember, "off")
 		expectProblem(t, s.do("POST", "/v1/teams/off/api-keys", other, map[string]any{"name": "x", "scopes": []string{"READ_TEAM_APPS"}}), 403, "team_api_disabled")
 	})

@@ -1,14 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -19,7 +16,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/telapi/telkeys/api"
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/commands"
 )
@@ -180,29 +176,6 @@ func (s *testService) do(method, path, token string, body any) response {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	return response{status: res.StatusCode, header: res.Header, body: b}
-}
-
-// oversized sends a request that declares a body one byte over the limit
-// and sends none of it: the server must answer 413 from the headers alone.
-// (Sending the body races the server's early close: the client may see a
-// reset while still writing instead of the answer.)
-func (s *testService) oversized(method, path, token string) response {
-	s.t.Helper()
-	conn, err := net.Dial("tcp", strings.TrimPrefix(s.base, "http://"))
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	defer conn.Close()
-	fmt.Fprintf(conn, "%s %s HTTP/1.1\r\nHost: telkeys\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n",
-		method, path, token, api.BodyLimit+1)
-	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		s.t.Fatalf("oversized %s %s: %v", method, path, err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
 	return response{status: res.StatusCode, header: res.Header, body: b}
 }
 

@@ -227,7 +227,7 @@ func Start(ctx context.Context, cfg ServeConfig, log *slog.Logger) (svc *Service
 		return nil, err
 	}
 	svc.HTTPAddr = ln.Addr().String()
-	go func() { svc.httpErr <- svc.api.App().Listener(ln) }()
+	go func() { svc.httpErr <- svc.api.App().Listener(api.Linger(ln)) }()
 	log.Info("http listening", "addr", svc.HTTPAddr, "events", readyAt)
 	return svc, nil
 }
