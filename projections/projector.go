@@ -25,6 +25,8 @@ const (
 	// drainWait is how long a batch waits for events already on their way
 	// before it is applied.
 	drainWait = 200 * time.Microsecond
+	// rewindEvery bounds how often the projector rewinds to one sequence.
+	rewindEvery = 5 * time.Second
 )
 
 // Projector applies events to the read models in batches.
@@ -49,6 +51,9 @@ type Projector struct {
 	// cache holds records this projector wrote or read, with their
 	// revisions; it is dropped on any failure.
 	cache map[string]cached
+	// rewoundTo and rewoundAt are the last rewind.
+	rewoundTo uint64
+	rewoundAt time.Time
 }
 
 type cached struct {
@@ -62,8 +67,6 @@ func NewProjector(h *bus.Handles, js jetstream.JetStream, nc *nats.Conn, tracker
 	return &Projector{h: h, js: js, nc: nc, tracker: tracker, log: log, OnPending: func(uint64) {}}
 }
 
-var errGap = errors.New("projections: event after a gap; rewinding to the checkpoint")
-
 // Run consumes events until ctx ends.
 func (p *Projector) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
@@ -71,11 +74,7 @@ func (p *Projector) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			break
 		}
-		if errors.Is(err, errGap) {
-			p.log.Info("projector rewinds to its checkpoint")
-		} else {
-			p.log.Warn("projector restarts", "err", err)
-		}
+		p.log.Warn("projector restarts", "err", err)
 		select {
 		case <-ctx.Done():
 		case <-time.After(100 * time.Millisecond):
@@ -122,8 +121,8 @@ func (p *Projector) applyBatch(ctx context.Context, batch []jetstream.Msg) error
 		return err
 	}
 	w := &writes{p: p}
-	last := batch[len(batch)-1]
 	next := cp + 1
+	var ack jetstream.Msg // the last message at or below what is applied
 	var pending uint64
 	for _, m := range batch {
 		md, err := m.Metadata()
@@ -134,19 +133,23 @@ func (p *Projector) applyBatch(ctx context.Context, batch []jetstream.Msg) error
 		pending = md.NumPending
 		switch {
 		case seq < next: // applied before (a redelivery)
+			ack = m
 			continue
 		case seq > next:
-			// Earlier events are missing: lost writes after a crash, or a
-			// redelivery that skipped ahead. Start again after the checkpoint.
-			if _, err := p.js.ResetConsumerToSequence(ctx, bus.EventStream, bus.ProjectorConsumer, next); err != nil {
-				return fmt.Errorf("projections: rewind to %d: %w", next, err)
+			// Earlier events were delivered elsewhere (to an instance that
+			// died) or their writes were lost in a crash. Have the consumer
+			// deliver again from the checkpoint, on this same subscription,
+			// and skip what was already buffered.
+			if err := p.rewind(ctx, next); err != nil {
+				return err
 			}
-			return errGap
+			continue
 		}
 		if err := p.apply(ctx, w, seq, m.Data()); err != nil {
 			return fmt.Errorf("projections: event %d: %w", seq, err)
 		}
 		next++
+		ack = m
 	}
 	if next-1 > cp {
 		if err := w.flush(ctx); err != nil {
@@ -159,18 +162,36 @@ func (p *Projector) applyBatch(ctx context.Context, batch []jetstream.Msg) error
 		if err := w.flush(ctx); err != nil {
 			return err
 		}
+		p.tracker.Advance(next - 1)
+		p.OnPending(pending)
+		_ = p.nc.Publish(bus.ProjectedSubject, strconv.AppendUint(nil, next-1, 10))
 	}
-	if err := last.Ack(); err != nil { // AckAll: acknowledges the whole batch
-		return err
+	if ack != nil {
+		return ack.Ack() // AckAll: acknowledges everything up to it
 	}
-	p.tracker.Advance(next - 1)
-	p.OnPending(pending)
-	return p.nc.Publish(bus.ProjectedSubject, strconv.AppendUint(nil, next-1, 10))
+	return nil
 }
 
-// rewindIfLost handles a crash that lost read-model writes the consumer had
-// already been told about: events acknowledged past the checkpoint are
-// delivered again.
+// rewind makes the consumer deliver again from seq, at most once per
+// rewindEvery for the same seq: messages buffered before a rewind still
+// arrive after it and must not trigger another.
+func (p *Projector) rewind(ctx context.Context, seq uint64) error {
+	if p.rewoundTo == seq && time.Since(p.rewoundAt) < rewindEvery {
+		return nil
+	}
+	p.log.Info("projector rewinds to its checkpoint", "seq", seq)
+	if _, err := p.js.ResetConsumerToSequence(ctx, bus.EventStream, bus.ProjectorConsumer, seq); err != nil {
+		return fmt.Errorf("projections: rewind to %d: %w", seq, err)
+	}
+	p.rewoundTo, p.rewoundAt = seq, time.Now()
+	return nil
+}
+
+// rewindIfLost runs when a projector starts. Events delivered past the
+// checkpoint were either lost in a crash after being acknowledged, or are
+// held by an instance that died and would only come back after AckWait:
+// either way, deliver again from the checkpoint. A live instance that was
+// mid-batch sees the repeats and skips them.
 func (p *Projector) rewindIfLost(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -182,12 +203,10 @@ func (p *Projector) rewindIfLost(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if info.AckFloor.Stream <= cp {
+	if info.Delivered.Stream <= cp {
 		return nil
 	}
-	p.log.Warn("read models behind the projector's acknowledgements; re-applying", "checkpoint", cp, "acked", info.AckFloor.Stream)
-	_, err = p.js.ResetConsumerToSequence(ctx, bus.EventStream, bus.ProjectorConsumer, cp+1)
-	return err
+	return p.rewind(ctx, cp+1)
 }
 
 // checkpoint returns the stream sequence the read models reflect.

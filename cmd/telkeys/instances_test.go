@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"sync"
 	"testing"
 
 	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/bus/bustest"
 )
 
 // startPair starts two telkeys instances sharing one NATS server (the first
@@ -77,6 +79,34 @@ func TestReadYourWritesAcrossInstances(t *testing.T) {
 	for _, k := range r.json(t)["keys"].([]any) {
 		if k.(map[string]any)["id"] == first {
 			t.Fatal("deleted key still listed on the other instance")
+		}
+	}
+}
+
+// Two instances on an external NATS: when one stops, the other's projector
+// takes over (the consumer's pin moves) and keeps the read models current.
+func TestProjectionFailsOverWhenAnInstanceStops(t *testing.T) {
+	ns := bustest.Server(t)
+	external := func(c *ServeConfig) { c.NATSURL = ns.ClientURL() }
+	a, b := startService(t, external), startService(t, external)
+	a.enableTeam("acme", 100)
+	tok := a.token(auth.RoleMember, "acme")
+	for i := range 6 {
+		s := a
+		if i%2 == 1 {
+			s = b
+		}
+		s.createKey("acme", "before")
+	}
+	if err := a.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		id := b.createKey("acme", "after")["id"].(string)
+		r := b.do("GET", "/v1/teams/acme/api-keys", tok, nil)
+		keys := r.json(t)["keys"].([]any)
+		if len(keys) != 7+i || keys[6+i].(map[string]any)["id"] != id {
+			t.Fatalf("after failover, create %d is not listed: %s", i, r.body)
 		}
 	}
 }

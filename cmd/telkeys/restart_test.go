@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -80,12 +81,22 @@ func startChild(t *testing.T, dataDir string) *child {
 		t.Fatal(err)
 	}
 	c := &child{cmd: cmd, done: make(chan struct{})}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); <-c.done })
+	logs := &syncBuffer{}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-c.done
+		if t.Failed() {
+			t.Logf("log of telkeys child on %s:\n%s", dataDir, logs.String())
+		}
+	})
 	addr := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		for sc.Scan() {
+			if !bytes.Contains(sc.Bytes(), []byte(`"msg":"http"`)) { // access lines are many
+				_, _ = logs.Write(append(sc.Bytes(), '\n'))
+			}
 			var line struct {
 				Msg       string
 				Addr      string
