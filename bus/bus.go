@@ -9,6 +9,7 @@ package bus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -55,6 +56,15 @@ const (
 	KeyPrefix      = "key."
 	FlagPrefix     = "flag."
 )
+
+// IsWrongLastSequence reports a failed expected-sequence check: 10071, or
+// 10164 on replicated streams. (errors.Is(err, jetstream.ErrKeyExists)
+// matches only the first.)
+func IsWrongLastSequence(err error) bool {
+	var ae *jetstream.APIError
+	return errors.As(err, &ae) && (ae.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		ae.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
 
 // EventSubject returns the subject of an aggregate's events.
 func EventSubject(aggregate string) string { return EventSubjectPrefix + aggregate }

@@ -176,7 +176,7 @@ func (h *Handler) execute(ctx context.Context, command, aggID string, newState f
 			h.maybeSnapshot(ctx, a)
 			return Result{Seq: ack.Sequence, Event: ev}, nil
 		}
-		if err != nil && !isConflict(err) && !isUncertain(err) {
+		if err != nil && !bus.IsWrongLastSequence(err) && !isUncertain(err) {
 			return Result{}, fmt.Errorf("commands: append %s: %w", command, err)
 		}
 		if ctx.Err() != nil {
@@ -213,14 +213,6 @@ func (a *aggregate) applyEvent(seq uint64, ev events.Envelope, p events.Payload)
 	a.seq = seq
 	a.hash = ev.Hash
 	a.sinceSnap++
-}
-
-// isConflict reports a failed expected-sequence check: 10071, or 10164 on
-// replicated streams.
-func isConflict(err error) bool {
-	var ae *jetstream.APIError
-	return errors.As(err, &ae) && (ae.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-		ae.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 // isUncertain reports an error after which the event may or may not have

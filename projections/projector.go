@@ -57,9 +57,8 @@ type Projector struct {
 }
 
 type cached struct {
-	rev     uint64
-	val     []byte // msgpack; nil when the key does not exist
-	deleted bool   // the key's last operation is a delete
+	rev uint64
+	val []byte // nil when the key does not exist
 }
 
 // NewProjector returns a Projector that reports progress to tracker.
@@ -209,20 +208,31 @@ func (p *Projector) rewindIfLost(ctx context.Context) error {
 	return p.rewind(ctx, cp+1)
 }
 
-// checkpoint returns the stream sequence the read models reflect.
+// checkpoint returns the stream sequence the read models reflect, and its
+// revision. It is cached like every record this projector writes; if
+// another instance moved it meanwhile, the next checkpoint write fails its
+// compare-and-swap and the projector starts again from the bucket.
 func (p *Projector) checkpoint(ctx context.Context) (uint64, uint64, error) {
-	e, err := p.h.ReadModel.Get(ctx, bus.CheckpointKey)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return 0, 0, nil
+	c, ok := p.cache[bus.CheckpointKey]
+	if !ok {
+		e, err := p.h.ReadModel.Get(ctx, bus.CheckpointKey)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			return 0, 0, err
+		default:
+			c = cached{rev: e.Revision(), val: e.Value()}
+		}
+		p.cache[bus.CheckpointKey] = c
 	}
-	if err != nil {
-		return 0, 0, err
+	if c.val == nil {
+		return 0, c.rev, nil
 	}
-	seq, err := strconv.ParseUint(string(e.Value()), 10, 64)
+	seq, err := strconv.ParseUint(string(c.val), 10, 64)
 	if err != nil {
 		return 0, 0, fmt.Errorf("projections: bad checkpoint: %w", err)
 	}
-	return seq, e.Revision(), nil
+	return seq, c.rev, nil
 }
 
 // apply folds one event into the pending writes.
@@ -280,14 +290,12 @@ func (p *Projector) apply(ctx context.Context, w *writes, seq uint64, data []byt
 		if err != nil {
 			return err
 		}
-		// A key's record is written once and deleted once, never again: if
-		// its subject has any history, this create was applied before.
-		st, err := w.keyState(ctx, bus.KeyPrefix+k.Hash)
-		if err != nil {
-			return err
-		}
-		if !st.seen {
-			w.put(bus.KeyPrefix+k.Hash, st.rev, mustMarshal(k))
+		// A key's record is written once and deleted once, never again: the
+		// write expects an empty subject, and if the subject has any history
+		// this create was applied before (see flush).
+		if _, seen := w.p.cache[bus.KeyPrefix+k.Hash]; !seen {
+			w.ops = append(w.ops, op{key: bus.KeyPrefix + k.Hash, val: mustMarshal(k), once: true})
+			w.p.cache[bus.KeyPrefix+k.Hash] = cached{rev: pendingRev, val: w.ops[len(w.ops)-1].val}
 		}
 		rec.Keys = n
 	case events.KeyDeleted:
@@ -298,12 +306,12 @@ func (p *Projector) apply(ctx context.Context, w *writes, seq uint64, data []byt
 			return err
 		}
 		hashKey := bus.KeyPrefix + hex.EncodeToString(e.Hash)
-		st, err := w.keyState(ctx, hashKey)
+		live, krev, err := w.liveKey(ctx, hashKey)
 		if err != nil {
 			return err
 		}
-		if st.live {
-			w.del(hashKey, st.rev)
+		if live {
+			w.del(hashKey, krev)
 		}
 		rec.Keys = n
 	}
@@ -323,9 +331,10 @@ type writes struct {
 }
 
 type op struct {
-	key string
-	rev uint64 // expected revision; 0 = must not exist
-	val []byte // nil = delete
+	key  string
+	rev  uint64 // expected revision; 0 = must not exist
+	val  []byte // nil = delete
+	once bool   // a key record's creation: a conflict means it was written before
 }
 
 // get reads a record through the cache, then the bucket. rev is the
@@ -359,31 +368,25 @@ func (w *writes) put(key string, rev uint64, val []byte) {
 
 func (w *writes) del(key string, rev uint64) {
 	w.ops = append(w.ops, op{key: key, rev: rev})
-	w.p.cache[key] = cached{rev: pendingRev, deleted: true}
+	w.p.cache[key] = cached{rev: pendingRev}
 }
 
-// keyHistory says whether a key.<hash> subject was ever written (seen),
-// whether it holds a live record (live), and the revision to expect.
-type keyHistory struct {
-	seen, live bool
-	rev        uint64
-}
-
-// keyState reads a key record's history from the stream: unlike a KV get,
-// it tells a deleted key from one never written.
-func (w *writes) keyState(ctx context.Context, key string) (keyHistory, error) {
+// liveKey reports whether a key record exists, and the revision a delete
+// must expect. It reads the subject's last message: a KV get would not
+// give the revision of a tombstone.
+func (w *writes) liveKey(ctx context.Context, key string) (bool, uint64, error) {
 	if c, ok := w.p.cache[key]; ok {
-		return keyHistory{seen: c.val != nil || c.deleted, live: c.val != nil, rev: c.rev}, nil
+		return c.val != nil, c.rev, nil
 	}
 	m, err := w.p.h.ReadModelStream.GetLastMsgForSubject(ctx, "$KV."+bus.BucketReadModel+"."+key)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return keyHistory{}, nil
+		return false, 0, nil
 	}
 	if err != nil {
-		return keyHistory{}, err
+		return false, 0, err
 	}
 	op := m.Header.Get("KV-Operation")
-	return keyHistory{seen: true, live: op != "DEL" && op != "PURGE", rev: m.Sequence}, nil
+	return op != "DEL" && op != "PURGE", m.Sequence, nil
 }
 
 func (w *writes) updateTeamKeys(ctx context.Context, team string, seq uint64, f func([]KeyRecord) []KeyRecord) (int, error) {
@@ -409,20 +412,15 @@ const pendingRev = ^uint64(0)
 // batch is written once, with its last value, expecting the revision it
 // had before the batch.
 func (w *writes) flush(ctx context.Context) error {
-	type final struct {
-		key string
-		rev uint64
-		val []byte
-	}
 	idx := map[string]int{}
-	var fin []final
+	var fin []op // the first op of each key, with the key's last value
 	for _, o := range w.ops {
 		if i, ok := idx[o.key]; ok {
 			fin[i].val = o.val
 			continue
 		}
 		idx[o.key] = len(fin)
-		fin = append(fin, final{o.key, o.rev, o.val})
+		fin = append(fin, o)
 	}
 	w.ops = w.ops[:0]
 	prefix := "$KV." + bus.BucketReadModel + "."
@@ -449,6 +447,10 @@ func (w *writes) flush(ctx context.Context) error {
 				w.p.cache[key] = cached{rev: ack.Sequence, val: fin[i].val}
 			}
 		case err := <-f.Err():
+			if fin[i].once && bus.IsWrongLastSequence(err) {
+				delete(w.p.cache, fin[i].key) // written before: nothing to do
+				continue
+			}
 			return fmt.Errorf("projections: write %s: %w", fin[i].key, err)
 		case <-ctx.Done():
 			return ctx.Err()
