@@ -198,7 +198,7 @@ func (s *Server) putAccess(c *fiber.Ctx) error {
 }
 
 // memberNeedsEnabled refuses members of a team whose access is off.
-func (s *Server) memberNeedsEnabled(c *fiber.Ctx, cl auth.Claims, rec projections.TeamRecord) error {
+func memberNeedsEnabled(cl auth.Claims, rec projections.TeamRecord) error {
 	if cl.Role == auth.RoleMember && !rec.Enabled {
 		return commands.ErrTeamDisabled
 	}
@@ -219,7 +219,7 @@ func (s *Server) listKeys(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	if err := s.memberNeedsEnabled(c, cl, rec); err != nil {
+	if err := memberNeedsEnabled(cl, rec); err != nil {
 		return err
 	}
 	keys, err := s.cfg.Queries.TeamKeys(ctx, team)
@@ -275,13 +275,13 @@ func (s *Server) deleteKey(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	id := c.Params("id")
-	if !commands.ValidKeyID(id) {
-		return badRequest("key id must be key_ followed by a ULID")
-	}
 	cl, err := allowTeam(c, team, true, auth.RoleSuperadmin)
 	if err != nil {
 		return err
+	}
+	id := c.Params("id")
+	if !commands.ValidKeyID(id) {
+		return badRequest("key id must be key_ followed by a ULID")
 	}
 	res, err := s.cfg.Commands.DeleteKey(c.UserContext(), actor(cl), team, id, cl.Role == auth.RoleMember)
 	if err != nil {

@@ -22,8 +22,6 @@ type Problem struct {
 // Sentinels of the HTTP layer itself.
 var (
 	errForbidden  = errors.New("your role or team may not do this")
-	errNotFound   = errors.New("no such resource")
-	errNotReady   = errors.New("read models are catching up")
 	errBadRequest = errors.New("bad request")
 )
 
@@ -58,7 +56,7 @@ func problemFor(err error) Problem {
 		return p(403, "forbidden", errForbidden.Error())
 	case errors.Is(err, commands.ErrTeamDisabled):
 		return p(403, "team_api_disabled", "API access is not enabled for this team; a superadmin must enable it")
-	case errors.Is(err, commands.ErrKeyNotFound), errors.Is(err, errNotFound):
+	case errors.Is(err, commands.ErrKeyNotFound):
 		return p(404, "not_found", err.Error())
 	case errors.Is(err, commands.ErrMaxKeysReached):
 		return p(409, "max_keys_reached", err.Error())
@@ -66,8 +64,6 @@ func problemFor(err error) Problem {
 		return p(422, "scope_not_allowed", se.Error())
 	case errors.Is(err, commands.ErrBusy):
 		return p(503, "busy", err.Error())
-	case errors.Is(err, errNotReady):
-		return p(503, "not_ready", err.Error())
 	case errors.As(err, &fe):
 		switch fe.Code {
 		case fiber.StatusRequestEntityTooLarge:

@@ -148,3 +148,58 @@ func TestColdLoadSeesHistory(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A rejection stands only against the latest state: an instance whose write
+// model is stale must not refuse what another instance made possible.
+func TestStaleWriteModelDoesNotReject(t *testing.T) {
+	ctx := context.Background()
+	cfg := commands.AccessConfig{Enabled: true, AllowedScopes: apikey.Scopes(), MaxKeys: 1}
+	sc := []string{apikey.ScopeReadTeamApps}
+
+	t.Run("delete a key the other instance created", func(t *testing.T) {
+		_, newH := setup(t)
+		a, b := newH(), newH()
+		if _, _, err := a.ConfigureTeamAccess(ctx, admin, "acme", cfg); err != nil {
+			t.Fatal(err)
+		}
+		k, err := b.CreateKey(ctx, member, "acme", "k", sc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.DeleteKey(ctx, member, "acme", k.Key.ID, true); err != nil {
+			t.Fatalf("delete on the stale instance: %v", err)
+		}
+	})
+	t.Run("create after the other instance freed a slot", func(t *testing.T) {
+		_, newH := setup(t)
+		a, b := newH(), newH()
+		if _, _, err := a.ConfigureTeamAccess(ctx, admin, "acme", cfg); err != nil {
+			t.Fatal(err)
+		}
+		k, err := a.CreateKey(ctx, member, "acme", "k", sc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.DeleteKey(ctx, member, "acme", k.Key.ID, true); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.CreateKey(ctx, member, "acme", "k2", sc); err != nil {
+			t.Fatalf("create on the stale instance: %v", err)
+		}
+	})
+	t.Run("create after the other instance enabled the team", func(t *testing.T) {
+		_, newH := setup(t)
+		a, b := newH(), newH()
+		off := cfg
+		off.Enabled = false
+		if _, _, err := a.ConfigureTeamAccess(ctx, admin, "acme", off); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := b.ConfigureTeamAccess(ctx, admin, "acme", cfg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.CreateKey(ctx, member, "acme", "k", sc); err != nil {
+			t.Fatalf("create on the stale instance: %v", err)
+		}
+	})
+}

@@ -160,10 +160,25 @@ func (h *Handler) execute(ctx context.Context, command, aggID string, newState f
 	// on an R1 stream a retried publish hits the sequence check before dedup
 	// and reports a conflict even though the first attempt was stored.
 	tried := map[string]bool{}
+	fresh := false // state was just brought up to date from the stream
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		p, err := decide(a.state)
 		if err != nil {
-			return Result{}, err
+			// Another instance may have changed the aggregate since this
+			// one last appended to it: a rejection stands only against the
+			// latest state. Checking costs one read that finds nothing.
+			if fresh {
+				return Result{}, err
+			}
+			_, n, cerr := h.catchUp(ctx, a, nil)
+			if cerr != nil {
+				return Result{}, cerr
+			}
+			if n == 0 {
+				return Result{}, err
+			}
+			fresh = true
+			continue
 		}
 		ev, err := events.New("evt_"+ulid.Make().String(), aggID, actor, h.cfg.Now(), a.hash, p)
 		if err != nil {
@@ -171,18 +186,18 @@ func (h *Handler) execute(ctx context.Context, command, aggID string, newState f
 		}
 		tried[ev.ID] = true
 		ack, err := h.publish(ctx, a, ev)
-		if err == nil && !ack.Duplicate {
+		if err == nil {
 			a.applyEvent(ack.Sequence, ev, p)
 			h.maybeSnapshot(ctx, a)
 			return Result{Seq: ack.Sequence, Event: ev}, nil
 		}
-		if err != nil && !bus.IsWrongLastSequence(err) && !isUncertain(err) {
+		if !bus.IsWrongLastSequence(err) && !isUncertain(err) {
 			return Result{}, fmt.Errorf("commands: append %s: %w", command, err)
 		}
 		if ctx.Err() != nil {
 			return Result{}, ctx.Err()
 		}
-		found, err := h.catchUp(ctx, a, tried)
+		found, _, err := h.catchUp(ctx, a, tried)
 		if err != nil {
 			return Result{}, err
 		}
@@ -190,6 +205,7 @@ func (h *Handler) execute(ctx context.Context, command, aggID string, newState f
 			h.maybeSnapshot(ctx, a)
 			return *found, nil
 		}
+		fresh = true
 		if attempt > 0 { // two instances collided twice: back off a little
 			time.Sleep(time.Duration(rand.IntN(1000*(attempt+1))) * time.Microsecond)
 		}
@@ -244,25 +260,27 @@ func (h *Handler) load(ctx context.Context, a *aggregate) error {
 			}
 		}
 	}
-	if _, err := h.catchUp(ctx, a, nil); err != nil {
+	if _, _, err := h.catchUp(ctx, a, nil); err != nil {
 		return err
 	}
 	a.loaded = true
 	return nil
 }
 
-// catchUp applies every event stored after a.seq on the aggregate's subject.
-// It returns the result of the first event whose id is in mine.
-func (h *Handler) catchUp(ctx context.Context, a *aggregate, mine map[string]bool) (*Result, error) {
+// catchUp applies every event stored after a.seq on the aggregate's subject
+// and says how many there were. It returns the result of the first event
+// whose id is in mine.
+func (h *Handler) catchUp(ctx context.Context, a *aggregate, mine map[string]bool) (*Result, int, error) {
 	var found *Result
+	n := 0
 	for {
 		raw, err := h.cfg.Events.GetMsg(ctx, a.seq+1, jetstream.WithGetMsgSubject(a.subject))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return found, nil
+			return found, n, nil
 		}
 		if err != nil {
 			a.loaded = false // state may be partial: reload next time
-			return nil, fmt.Errorf("commands: read %s: %w", a.id, err)
+			return nil, n, fmt.Errorf("commands: read %s: %w", a.id, err)
 		}
 		ev, err := events.Unmarshal(raw.Data)
 		if err == nil {
@@ -270,15 +288,16 @@ func (h *Handler) catchUp(ctx context.Context, a *aggregate, mine map[string]boo
 		}
 		if err != nil {
 			a.loaded = false
-			return nil, fmt.Errorf("commands: %s at seq %d: %w", a.id, raw.Sequence, err)
+			return nil, n, fmt.Errorf("commands: %s at seq %d: %w", a.id, raw.Sequence, err)
 		}
 		p, err := ev.Decode()
 		if err != nil && !errors.Is(err, events.ErrUnknownType) {
 			a.loaded = false
-			return nil, fmt.Errorf("commands: %s at seq %d: %w", a.id, raw.Sequence, err)
+			return nil, n, fmt.Errorf("commands: %s at seq %d: %w", a.id, raw.Sequence, err)
 		}
 		a.applyEvent(raw.Sequence, ev, p)
 		h.eventsRead.Add(1)
+		n++
 		if found == nil && mine[ev.ID] {
 			found = &Result{Seq: raw.Sequence, Event: ev}
 		}

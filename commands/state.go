@@ -1,7 +1,6 @@
 package commands
 
 import (
-	"maps"
 	"time"
 
 	"github.com/telapi/telkeys/events"
@@ -54,13 +53,6 @@ func (s *TeamState) Apply(e events.Envelope, p events.Payload) {
 	case events.KeyDeleted:
 		delete(s.Keys, p.KeyID)
 	}
-}
-
-// Clone returns a deep enough copy for readers outside the aggregate lock.
-func (s *TeamState) Clone() *TeamState {
-	c := *s
-	c.Keys = maps.Clone(s.Keys)
-	return &c
 }
 
 // PlatformState is the write model of the platform aggregate.

@@ -33,11 +33,12 @@ const (
 //
 // The durable consumer is pinned to one instance at a time. Events are
 // applied only in stream order and only right after the checkpoint (the
-// stream has no gaps: it denies deletes), so a redelivery, a failover to
-// another instance, or writes lost in a crash can never apply an event
-// twice out of order. Every write is a compare-and-swap on the revision the
-// projector read, so a stale instance that lost its pin cannot overwrite a
-// newer one's writes.
+// stream has no gaps: it denies deletes); on a gap the consumer is rewound
+// to the checkpoint. Records carry the sequence of their last event and
+// ignore older ones; a key's record is created once (its write expects an
+// empty subject) and deleted once. Every other write is a compare-and-swap
+// on the revision the projector read, so a stale instance that lost its pin
+// cannot overwrite a newer one's writes.
 type Projector struct {
 	h       *bus.Handles
 	js      jetstream.JetStream
@@ -92,10 +93,17 @@ func (p *Projector) consume(ctx context.Context) error {
 		return fmt.Errorf("projections: consume: %w", err)
 	}
 	defer it.Stop()
+	reconnects := p.nc.Stats().Reconnects
 	for {
 		first, err := it.Next(jetstream.NextContext(ctx))
 		if err != nil {
 			return err
+		}
+		// After a reconnect the server may have restarted and lost recent
+		// read-model writes (the bucket is flushed asynchronously): drop the
+		// cache and check the checkpoint against the consumer again.
+		if r := p.nc.Stats().Reconnects; r != reconnects {
+			return fmt.Errorf("projections: reconnected to NATS (%d)", r)
 		}
 		batch := []jetstream.Msg{first}
 		for len(batch) < maxBatch {
@@ -306,12 +314,21 @@ func (p *Projector) apply(ctx context.Context, w *writes, seq uint64, data []byt
 			return err
 		}
 		hashKey := bus.KeyPrefix + hex.EncodeToString(e.Hash)
-		live, krev, err := w.liveKey(ctx, hashKey)
+		// Created in this same batch? Then this may be a replay whose create
+		// was stored before: drop the pending create and look at the stream.
+		if w.dropOnce(hashKey) {
+			delete(w.p.cache, hashKey)
+		}
+		live, seen, krev, err := w.liveKey(ctx, hashKey)
 		if err != nil {
 			return err
 		}
-		if live {
+		switch {
+		case live:
 			w.del(hashKey, krev)
+		case !seen: // never stored: leave a tombstone so a replay cannot create it
+			w.ops = append(w.ops, op{key: hashKey, once: true})
+			w.p.cache[hashKey] = cached{rev: pendingRev}
 		}
 		rec.Keys = n
 	}
@@ -371,22 +388,30 @@ func (w *writes) del(key string, rev uint64) {
 	w.p.cache[key] = cached{rev: pendingRev}
 }
 
-// liveKey reports whether a key record exists, and the revision a delete
-// must expect. It reads the subject's last message: a KV get would not
-// give the revision of a tombstone.
-func (w *writes) liveKey(ctx context.Context, key string) (bool, uint64, error) {
+// liveKey reports whether a key record exists (live), whether its subject
+// was ever written (seen), and the revision a write must expect. It reads
+// the subject's last message: a KV get would not tell a deleted key from
+// one never written.
+func (w *writes) liveKey(ctx context.Context, key string) (live, seen bool, rev uint64, err error) {
 	if c, ok := w.p.cache[key]; ok {
-		return c.val != nil, c.rev, nil
+		return c.val != nil, true, c.rev, nil
 	}
 	m, err := w.p.h.ReadModelStream.GetLastMsgForSubject(ctx, "$KV."+bus.BucketReadModel+"."+key)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return false, 0, nil
+		return false, false, 0, nil
 	}
 	if err != nil {
-		return false, 0, err
+		return false, false, 0, err
 	}
 	op := m.Header.Get("KV-Operation")
-	return op != "DEL" && op != "PURGE", m.Sequence, nil
+	return op != "DEL" && op != "PURGE", true, m.Sequence, nil
+}
+
+// dropOnce removes a pending key-record creation from the batch.
+func (w *writes) dropOnce(key string) bool {
+	n := len(w.ops)
+	w.ops = slices.DeleteFunc(w.ops, func(o op) bool { return o.key == key && o.once })
+	return len(w.ops) < n
 }
 
 func (w *writes) updateTeamKeys(ctx context.Context, team string, seq uint64, f func([]KeyRecord) []KeyRecord) (int, error) {

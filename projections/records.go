@@ -2,17 +2,16 @@
 // stream, and answers queries from them.
 //
 // Every telkeys instance runs a Projector on the same durable consumer,
-// which allows one unacknowledged event at a time: events are applied in
-// stream order, by one instance at a time. Each team record stores the
-// stream sequence of the last event applied to it, and an event at or below
-// it is skipped, so redeliveries after a crash are harmless.
+// pinned to one instance at a time; it applies events in stream order, in
+// batches, into one bucket (bus.BucketReadModel) whose checkpoint is written
+// after each batch. Each record stores the sequence of the last event
+// applied to it, so replays after a crash or a failover are harmless.
 package projections
 
 import "time"
 
-// TeamRecord is a team's access configuration and active key count, in
-// bucket telkeys_teams under the team id. A team never configured has no
-// record and is disabled.
+// TeamRecord is a team's access configuration and active key count, under
+// team.<team>. A team never configured has no record and is disabled.
 type TeamRecord struct {
 	Seq               uint64    `msgpack:"seq"`
 	Team              string    `msgpack:"team"`
@@ -25,8 +24,8 @@ type TeamRecord struct {
 	UpdatedAt         time.Time `msgpack:"updated_at"`
 }
 
-// KeyRecord is one active key. It is stored in the team's list and, in
-// bucket telkeys_keys, under the hex SHA-256 of the key.
+// KeyRecord is one active key. It is stored in the team's list and under
+// key.<hex SHA-256 of the key>.
 type KeyRecord struct {
 	Seq       uint64    `msgpack:"seq"`
 	ID        string    `msgpack:"id"`
@@ -38,14 +37,14 @@ type KeyRecord struct {
 	CreatedAt time.Time `msgpack:"created_at"`
 }
 
-// TeamKeysRecord is a team's active keys in creation order, in bucket
-// telkeys_team_keys under the team id.
+// TeamKeysRecord is a team's active keys in creation order, under
+// teamkeys.<team>.
 type TeamKeysRecord struct {
 	Seq  uint64      `msgpack:"seq"`
 	Keys []KeyRecord `msgpack:"keys"`
 }
 
-// FlagRecord is one platform flag, in bucket telkeys_platform.
+// FlagRecord is one platform flag, under flag.<name>.
 type FlagRecord struct {
 	Seq     uint64 `msgpack:"seq"`
 	Enabled bool   `msgpack:"enabled"`

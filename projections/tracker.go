@@ -42,11 +42,14 @@ func NewTracker(ctx context.Context, h *bus.Handles) (*Tracker, error) {
 }
 
 // Subscribe listens for other instances' progress hints until the returned
-// subscription is closed.
+// subscription is closed. A hint only makes the tracker read the
+// checkpoint: anyone who can publish on the bus could send a false one.
 func (t *Tracker) Subscribe(nc *nats.Conn) (*nats.Subscription, error) {
 	return nc.Subscribe(bus.ProjectedSubject, func(m *nats.Msg) {
-		if seq, err := strconv.ParseUint(string(m.Data), 10, 64); err == nil {
-			t.Advance(seq)
+		if seq, err := strconv.ParseUint(string(m.Data), 10, 64); err == nil && seq > t.Applied() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = t.refresh(ctx)
 		}
 	})
 }

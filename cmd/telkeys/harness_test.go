@@ -82,7 +82,19 @@ func startService(t testing.TB, mods ...func(*ServeConfig)) *testService {
 		t.Fatal(err)
 	}
 	s := &testService{Service: svc, t: t, cfg: cfg, logs: logs, auth: a, base: "http://" + svc.HTTPAddr}
-	t.Cleanup(func() { _ = svc.Shutdown(context.Background()) })
+	t.Cleanup(func() {
+		// Connections the client dialed but never used would hold the
+		// graceful shutdown until its timeout.
+		http.DefaultClient.CloseIdleConnections()
+		_ = svc.Shutdown(context.Background())
+		if t.Failed() || testing.Verbose() {
+			for _, l := range strings.Split(logs.String(), "\n") {
+				if !strings.Contains(l, `"msg":"http"`) && !strings.Contains(l, `"level":"DEBUG"`) && l != "" {
+					t.Logf("%s: %s", svc.HTTPAddr, l)
+				}
+			}
+		}
+	})
 	s.waitReady()
 	return s
 }
