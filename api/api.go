@@ -24,6 +24,7 @@ import (
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/commands"
 	"github.com/telapi/telkeys/events"
+	"github.com/telapi/telkeys/keyauth"
 	"github.com/telapi/telkeys/projections"
 )
 
@@ -47,6 +48,7 @@ type Queries interface {
 	TeamKeys(ctx context.Context, team string) ([]projections.KeyRecord, error)
 	Teams(ctx context.Context) ([]projections.TeamRecord, error)
 	WebRTC(ctx context.Context) (bool, error)
+	LastUsed(ctx context.Context, team string) (map[string]int64, error)
 }
 
 // Projection tells how far the read models are built.
@@ -54,11 +56,19 @@ type Projection interface {
 	Wait(ctx context.Context, seq uint64) error
 }
 
+// Verifier is the server's own validator (package keyauth).
+type Verifier interface {
+	Verify(key, scope string) keyauth.Result
+	Usage(team string) (today, limit int64)
+	WaitApplied(ctx context.Context, seq uint64) error
+}
+
 // Config wires the API.
 type Config struct {
 	Commands   Commands
 	Queries    Queries
 	Projection Projection
+	Verifier   Verifier
 	Auth       *auth.Authority
 	// Ready reports why the service cannot serve yet, or nil.
 	Ready   func(context.Context) error
@@ -74,7 +84,7 @@ type Config struct {
 func (c Config) Validate() error {
 	var errs []error
 	for name, missing := range map[string]bool{
-		"Commands": c.Commands == nil, "Queries": c.Queries == nil, "Projection": c.Projection == nil,
+		"Commands": c.Commands == nil, "Queries": c.Queries == nil, "Projection": c.Projection == nil, "Verifier": c.Verifier == nil,
 		"Auth": c.Auth == nil, "Ready": c.Ready == nil, "Metrics": c.Metrics == nil,
 		"Gatherer": c.Gatherer == nil, "Log": c.Log == nil,
 	} {
@@ -133,6 +143,7 @@ func New(cfg Config) (*Server, error) {
 	v1.Get("/teams/:team/api-keys", s.listKeys)
 	v1.Post("/teams/:team/api-keys", s.createKey)
 	v1.Delete("/teams/:team/api-keys/:id", s.deleteKey)
+	v1.Post("/keys/verify", s.verify)
 	return s, nil
 }
 
@@ -213,12 +224,17 @@ func (s *Server) readyz(c *fiber.Ctx) error {
 	return c.JSON(fiber.Map{"status": "ready"})
 }
 
-// readYourWrites waits until the read models include seq, so that the next
-// query on any instance sees the command that produced it. The command has
-// already happened, so a timeout is logged, not returned.
+// readYourWrites waits until the read models and this server's validator
+// include seq, so that the next query on any instance sees the command that
+// produced it, and this server's verify endpoint already refuses a key
+// deleted by it. The command has already happened, so a timeout is logged,
+// not returned.
 func (s *Server) readYourWrites(c *fiber.Ctx, seq uint64) {
 	ctx, cancel := context.WithTimeout(c.UserContext(), 10*time.Second)
 	defer cancel()
+	if err := s.cfg.Verifier.WaitApplied(ctx, seq); err != nil {
+		s.cfg.Log.Warn("validator lags behind a command", "seq", seq, "err", err)
+	}
 	if err := s.cfg.Projection.Wait(ctx, seq); err != nil {
 		s.cfg.Log.Warn("read models lag behind a command", "seq", seq, "err", err)
 	}

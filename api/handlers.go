@@ -13,6 +13,7 @@ import (
 	"github.com/telapi/telkeys/apikey"
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/keyauth"
 	"github.com/telapi/telkeys/projections"
 )
 
@@ -65,6 +66,19 @@ type (
 	}
 	putFlagBody struct {
 		Enabled *bool `json:"enabled"`
+	}
+	verifyBody struct {
+		Key   *string `json:"key"`
+		Scope *string `json:"scope"`
+	}
+	verifyJSON struct {
+		Valid             bool     `json:"valid"`
+		Code              string   `json:"code"`
+		Team              *string  `json:"team"`
+		KeyID             *string  `json:"key_id"`
+		Scopes            []string `json:"scopes"`
+		RequestsToday     *int64   `json:"requests_today"`
+		MaxRequestsPerDay *int64   `json:"max_requests_per_day"`
 	}
 )
 
@@ -226,15 +240,25 @@ func (s *Server) listKeys(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	lastUsed, err := s.cfg.Queries.LastUsed(ctx, team)
+	if err != nil {
+		return err
+	}
 	out := make([]keyJSON, 0, len(keys))
 	for _, k := range keys {
-		out = append(out, keyJSON{
+		kj := keyJSON{
 			ID: k.ID, Name: k.Name, Scopes: commands.EffectiveScopes(k.Scopes, rec.AllowedScopes),
 			CreatedAt: formatTime(k.CreatedAt), Masked: apikey.Mask(k.Last4),
-		})
+		}
+		if sec, ok := lastUsed[k.ID]; ok {
+			t := formatTime(time.Unix(sec, 0))
+			kj.LastUsedAt = &t
+		}
+		out = append(out, kj)
 	}
+	today, _ := s.cfg.Verifier.Usage(team)
 	return c.JSON(fiber.Map{"keys": out, "stats": statsJSON{
-		Keys: len(keys), MaxKeys: rec.MaxKeys, MaxRequestsPerDay: rec.MaxRequestsPerDay,
+		Keys: len(keys), MaxKeys: rec.MaxKeys, RequestsToday: today, MaxRequestsPerDay: rec.MaxRequestsPerDay,
 		AvailableScopes: accessJSON(rec).AllowedScopes,
 	}})
 }
@@ -289,4 +313,34 @@ func (s *Server) deleteKey(c *fiber.Ctx) error {
 	}
 	s.readYourWrites(c, res.Seq)
 	return c.SendStatus(fiber.StatusNoContent)
+}
+
+// verify answers for TelAPI nodes that cannot embed keyauth. It always
+// answers 200 with a code; only a malformed request is an error.
+func (s *Server) verify(c *fiber.Ctx) error {
+	if _, err := allow(c, auth.RoleNode, auth.RoleSuperadmin); err != nil {
+		return err
+	}
+	var body verifyBody
+	if err := decodeBody(c, &body); err != nil {
+		return err
+	}
+	if body.Key == nil || body.Scope == nil {
+		return badRequest("key and scope are required")
+	}
+	r := s.cfg.Verifier.Verify(*body.Key, *body.Scope)
+	out := verifyJSON{Valid: r.Valid(), Code: r.Code.String(), Scopes: r.Scopes.Strings()}
+	if r.KeyID != "" {
+		out.Team, out.KeyID = &r.Team, &r.KeyID
+		today, limit := s.cfg.Verifier.Usage(r.Team)
+		if r.Valid() || r.Code == keyauth.RateLimited {
+			today = r.RequestsToday
+		}
+		out.RequestsToday = &today
+		if limit >= 0 {
+			out.MaxRequestsPerDay = &limit
+		}
+	}
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.JSON(out)
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/commands"
 	"github.com/telapi/telkeys/events"
+	"github.com/telapi/telkeys/keyauth"
 	"github.com/telapi/telkeys/projections"
 )
 
@@ -56,6 +57,16 @@ func (stubQueries) Teams(context.Context) ([]projections.TeamRecord, error) {
 
 func (stubQueries) WebRTC(context.Context) (bool, error) { panic("stub: WebRTC called") }
 
+func (stubQueries) LastUsed(context.Context, string) (map[string]int64, error) {
+	panic("stub: LastUsed called")
+}
+
+type stubVerifier struct{}
+
+func (stubVerifier) Verify(string, string) keyauth.Result      { panic("stub: Verify called") }
+func (stubVerifier) Usage(string) (int64, int64)               { panic("stub: Usage called") }
+func (stubVerifier) WaitApplied(context.Context, uint64) error { panic("stub: WaitApplied called") }
+
 type stubProjection struct{}
 
 func (stubProjection) Wait(context.Context, uint64) error { panic("stub: Wait called") }
@@ -64,6 +75,7 @@ var (
 	_ Commands   = stubCommands{}
 	_ Queries    = stubQueries{}
 	_ Projection = stubProjection{}
+	_ Verifier   = stubVerifier{}
 )
 
 func newRouteOnlyServer(t *testing.T) *Server {
@@ -77,6 +89,7 @@ func newRouteOnlyServer(t *testing.T) *Server {
 		Commands:   stubCommands{},
 		Queries:    stubQueries{},
 		Projection: stubProjection{},
+		Verifier:   stubVerifier{},
 		Auth:       a,
 		Ready:      func(context.Context) error { return nil },
 		Metrics:    NewMetrics(reg),

@@ -46,7 +46,28 @@ const (
 	BucketReadModel = "telkeys_readmodel"
 	// BucketSnapshots holds write-model snapshots, by aggregate.
 	BucketSnapshots = "telkeys_snapshots"
+
+	// HeartbeatSubject carries, on core NATS, telkeys' heartbeat: the last
+	// stored event sequence, about every second. Validators that hear
+	// nothing for too long stop answering VALID.
+	HeartbeatSubject = "telkeys.heartbeat"
+
+	// UsageStream counts successful verifications per team per UTC day:
+	// one counter subject, UsageSubjectPrefix + <team>.<yyyymmdd>.
+	UsageStream        = "TELKEYS_USAGE"
+	UsageSubjectPrefix = "telkeys.usage."
+	// UsageRetention is how long day counters are kept (the stream's
+	// MaxAge; counter streams cannot use per-message TTLs).
+	UsageRetention = 35 * 24 * time.Hour
+
+	// BucketLastUsed holds, per team, when each key was last used.
+	BucketLastUsed = "telkeys_lastused"
 )
+
+// UsageSubject returns the counter subject of a team on a UTC day.
+func UsageSubject(team string, day time.Time) string {
+	return UsageSubjectPrefix + team + "." + day.UTC().Format("20060102")
+}
 
 // Keys of the read-model bucket.
 const (
@@ -78,6 +99,8 @@ type Handles struct {
 	// history (a KV get cannot tell deleted from never written).
 	ReadModelStream jetstream.Stream
 	Snapshots       jetstream.KeyValue
+	Usage           jetstream.Stream
+	LastUsed        jetstream.KeyValue
 }
 
 // Setup creates or updates every stream, bucket and consumer. It is
@@ -119,6 +142,27 @@ func Setup(ctx context.Context, js jetstream.JetStream, replicas int) (*Handles,
 	if h.Snapshots, err = kvBucket(ctx, js, BucketSnapshots, "write-model snapshots", replicas); err != nil {
 		return nil, err
 	}
+	// Usage counts are advisory: flushed asynchronously, so a crash can
+	// forget the last few increments, never invent any.
+	h.Usage, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:              UsageStream,
+		Description:       "successful verifications per team per UTC day (counters)",
+		Subjects:          []string{UsageSubjectPrefix + ">"},
+		Storage:           jetstream.FileStorage,
+		Replicas:          replicas,
+		AllowMsgCounter:   true,
+		AllowDirect:       true,
+		MaxMsgsPerSubject: 1,
+		MaxAge:            UsageRetention,
+		Duplicates:        2 * time.Minute,
+		PersistMode:       jetstream.AsyncPersistMode,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bus: usage stream: %w", err)
+	}
+	if h.LastUsed, err = kvBucket(ctx, js, BucketLastUsed, "when each key was last used, per team", replicas); err != nil {
+		return nil, err
+	}
 	h.Projector, err = js.CreateOrUpdateConsumer(ctx, EventStream, jetstream.ConsumerConfig{
 		Durable:       ProjectorConsumer,
 		Description:   "builds the KV read models; shared by all telkeys instances",
@@ -137,6 +181,29 @@ func Setup(ctx context.Context, js jetstream.JetStream, replicas int) (*Handles,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bus: projector consumer: %w", err)
+	}
+	return &h, nil
+}
+
+// Open opens the streams and buckets a validator reads, without creating
+// or changing anything: TelAPI nodes need no management rights.
+func Open(ctx context.Context, js jetstream.JetStream) (*Handles, error) {
+	var h Handles
+	var err error
+	if h.Events, err = js.Stream(ctx, EventStream); err != nil {
+		return nil, fmt.Errorf("bus: %s: %w (is telkeys serve running?)", EventStream, err)
+	}
+	if h.ReadModel, err = js.KeyValue(ctx, BucketReadModel); err != nil {
+		return nil, fmt.Errorf("bus: %s: %w", BucketReadModel, err)
+	}
+	if h.ReadModelStream, err = js.Stream(ctx, "KV_"+BucketReadModel); err != nil {
+		return nil, err
+	}
+	if h.Usage, err = js.Stream(ctx, UsageStream); err != nil {
+		return nil, fmt.Errorf("bus: %s: %w", UsageStream, err)
+	}
+	if h.LastUsed, err = js.KeyValue(ctx, BucketLastUsed); err != nil {
+		return nil, fmt.Errorf("bus: %s: %w", BucketLastUsed, err)
 	}
 	return &h, nil
 }

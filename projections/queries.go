@@ -2,6 +2,7 @@ package projections
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -14,10 +15,12 @@ import (
 )
 
 // ReadModel answers queries from the KV read models.
-type ReadModel struct{ kv jetstream.KeyValue }
+type ReadModel struct{ kv, lastUsed jetstream.KeyValue }
 
-// NewReadModel returns a ReadModel over the read-model bucket.
-func NewReadModel(h *bus.Handles) *ReadModel { return &ReadModel{kv: h.ReadModel} }
+// NewReadModel returns a ReadModel over the read-model and last-used buckets.
+func NewReadModel(h *bus.Handles) *ReadModel {
+	return &ReadModel{kv: h.ReadModel, lastUsed: h.LastUsed}
+}
 
 // get reads a record; found is false when the key does not exist.
 func (r *ReadModel) get(ctx context.Context, key string, into any) (bool, error) {
@@ -88,4 +91,21 @@ func (r *ReadModel) KeyByHash(ctx context.Context, hash string) (KeyRecord, bool
 	var k KeyRecord
 	found, err := r.get(ctx, bus.KeyPrefix+hash, &k)
 	return k, found, err
+}
+
+// LastUsed returns when each of a team's keys was last used, in unix
+// seconds by key id, as the validators flushed it.
+func (r *ReadModel) LastUsed(ctx context.Context, team string) (map[string]int64, error) {
+	out := map[string]int64{}
+	e, err := r.lastUsed.Get(ctx, team)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return out, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(e.Value(), &out); err != nil {
+		return nil, fmt.Errorf("projections: last used of %s: %w", team, err)
+	}
+	return out, nil
 }

@@ -8,12 +8,14 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -21,6 +23,7 @@ import (
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/keyauth"
 	"github.com/telapi/telkeys/projections"
 )
 
@@ -117,8 +120,43 @@ type Service struct {
 	httpErr   chan error
 	stopProj  context.CancelFunc
 	projDone  chan struct{}
+	bgCtx     context.Context
+	bg        sync.WaitGroup
 	trackSub  *nats.Subscription
+	validator *keyauth.Validator
 	closeOnce sync.Once
+}
+
+// every runs f every period until the projector's context (the service's
+// background work) ends.
+func (s *Service) every(period time.Duration, f func(context.Context)) {
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		t := time.NewTicker(period)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.bgCtx.Done():
+				return
+			case <-t.C:
+				f(s.bgCtx)
+			}
+		}
+	}()
+}
+
+// heartbeat tells validators that telkeys is alive and how far the event
+// stream is, so that they can tell when they are cut off or behind.
+func heartbeat(ctx context.Context, nc *nats.Conn, h *bus.Handles, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	info, err := h.Events.Info(ctx)
+	if err != nil {
+		log.Debug("heartbeat: stream info", "err", err)
+		return
+	}
+	_ = nc.Publish(bus.HeartbeatSubject, strconv.AppendUint(nil, info.State.LastSeq, 10))
 }
 
 // Start wires every part of telkeys and starts serving. This is the one
@@ -187,15 +225,20 @@ func Start(ctx context.Context, cfg ServeConfig, log *slog.Logger) (svc *Service
 
 	projector := projections.NewProjector(h, js, svc.nc, tracker, log.With("component", "projector"))
 	projector.OnPending = func(n uint64) { metrics.ProjectionPending.Set(float64(n)) }
-	var projCtx context.Context
-	projCtx, svc.stopProj = context.WithCancel(context.Background())
+	svc.bgCtx, svc.stopProj = context.WithCancel(context.Background())
 	svc.projDone = make(chan struct{})
 	go func() {
 		defer close(svc.projDone)
-		if err := projector.Run(projCtx); err != nil {
+		if err := projector.Run(svc.bgCtx); err != nil {
 			log.Error("projector stopped", "err", err)
 		}
 	}()
+
+	svc.validator, err = keyauth.New(ctx, svc.nc, keyauth.Config{Name: "telkeys-" + ulid.Make().String(), Log: log.With("component", "keyauth")})
+	if err != nil {
+		return nil, err
+	}
+	svc.every(time.Second, func(ctx context.Context) { heartbeat(ctx, svc.nc, h, log) })
 
 	cmds, err := commands.New(commands.Config{
 		JS: js, Events: h.Events, Snapshots: h.Snapshots,
@@ -205,7 +248,7 @@ func Start(ctx context.Context, cfg ServeConfig, log *slog.Logger) (svc *Service
 		return nil, err
 	}
 	svc.api, err = api.New(api.Config{
-		Commands: cmds, Queries: projections.NewReadModel(h), Projection: tracker, Auth: authority,
+		Commands: cmds, Queries: projections.NewReadModel(h), Projection: tracker, Verifier: svc.validator, Auth: authority,
 		Metrics: metrics, Gatherer: reg, Log: log,
 		Ready: func(ctx context.Context) error {
 			if !svc.nc.IsConnected() {
@@ -263,6 +306,10 @@ func (s *Service) Shutdown(ctx context.Context) error {
 		if s.stopProj != nil {
 			s.stopProj()
 			<-s.projDone
+			s.bg.Wait()
+		}
+		if s.validator != nil {
+			s.validator.Close()
 		}
 		if s.trackSub != nil {
 			_ = s.trackSub.Unsubscribe()

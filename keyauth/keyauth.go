@@ -1,0 +1,219 @@
+// Package keyauth is the API key validator that TelAPI nodes embed.
+//
+// It loads the read models once, then stays current by applying every
+// event of the event stream, in stream order, as the server stores it. A
+// Verify is pure memory work: no network, no allocation. A deleted key is
+// refused as soon as its KeyDeleted event reaches the node, and nothing can
+// bring it back: changes are applied strictly by event sequence, never from
+// a cache fill or a late read-model update.
+//
+// A node that has not heard telkeys' heartbeat for longer than
+// Config.MaxStaleness answers UNAVAILABLE (or, with FailOpen, keeps serving
+// from what it knows). After a reconnect it answers UNAVAILABLE until it has
+// applied every event it missed.
+//
+// Successful verifications are counted per team per UTC day and flushed to
+// JetStream counters about every 100 ms; last-used times about every second.
+package keyauth
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/telapi/telkeys/bus"
+)
+
+// Code is the outcome of a verification.
+type Code uint8
+
+// The verify codes of the contract.
+const (
+	Valid Code = iota
+	NotFound
+	InsufficientScope
+	TeamAPIDisabled
+	WebRTCDisabled
+	RateLimited
+	Unavailable
+)
+
+var codeNames = [...]string{"VALID", "NOT_FOUND", "INSUFFICIENT_SCOPE", "TEAM_API_DISABLED", "WEBRTC_DISABLED", "RATE_LIMITED", "UNAVAILABLE"}
+
+// String returns the contract's name of the code.
+func (c Code) String() string {
+	if int(c) < len(codeNames) {
+		return codeNames[c]
+	}
+	return "UNKNOWN"
+}
+
+// Result is what Verify found. Team, KeyID and Scopes are set whenever the
+// key was found, even if it was refused.
+type Result struct {
+	Code  Code
+	Team  string
+	KeyID string
+	// Scopes are the key's effective scopes: its own ∩ the team's allowed.
+	Scopes ScopeSet
+	// RequestsToday counts the team's successful verifications today, this
+	// one included; Limit is the team's max_requests_per_day, -1 if none.
+	RequestsToday int64
+	Limit         int64
+}
+
+// Valid reports whether the key may be used.
+func (r Result) Valid() bool { return r.Code == Valid }
+
+// Config configures a Validator.
+type Config struct {
+	// Name identifies this node in usage counter message ids; it must be
+	// unique among nodes. Empty means a random name.
+	Name string
+	// MaxStaleness is how long the node serves without hearing telkeys'
+	// heartbeat. Default 10 s.
+	MaxStaleness time.Duration
+	// FailOpen keeps answering from the last known state when stale,
+	// instead of UNAVAILABLE. It trades revocation for availability: a key
+	// deleted while the node is cut off keeps working there until it
+	// reconnects. Off by default.
+	FailOpen bool
+	// Now is the clock (UTC days, staleness). Default time.Now.
+	Now func() time.Time
+	// UsageFlush and LastUsedFlush are the flush periods. Defaults 100 ms
+	// and 1 s.
+	UsageFlush    time.Duration
+	LastUsedFlush time.Duration
+	// ReadyTimeout bounds the initial load. Default 60 s.
+	ReadyTimeout time.Duration
+	Log          *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.Name == "" {
+		var b [6]byte
+		_, _ = rand.Read(b[:])
+		c.Name = "node-" + hex.EncodeToString(b[:])
+	}
+	if c.MaxStaleness <= 0 {
+		c.MaxStaleness = 10 * time.Second
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.UsageFlush <= 0 {
+		c.UsageFlush = 100 * time.Millisecond
+	}
+	if c.LastUsedFlush <= 0 {
+		c.LastUsedFlush = time.Second
+	}
+	if c.ReadyTimeout <= 0 {
+		c.ReadyTimeout = 60 * time.Second
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Validate reports every problem at once.
+func (c Config) Validate() error {
+	var errs []error
+	for _, r := range c.Name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			errs = append(errs, errors.New("keyauth: Name must be [A-Za-z0-9_-]"))
+			break
+		}
+	}
+	if len(c.Name) > 64 {
+		errs = append(errs, errors.New("keyauth: Name must be at most 64 characters"))
+	}
+	return errors.Join(errs...)
+}
+
+// Validator verifies keys from memory. It is safe for concurrent use.
+type Validator struct {
+	cfg Config
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	h   *bus.Handles
+
+	st state
+
+	// lastHeard is when the heartbeat (or an event) last arrived, unix ns.
+	lastHeard atomic.Int64
+	// heardSeq is the last event sequence a heartbeat announced.
+	heardSeq atomic.Uint64
+	// resyncTo, when non-zero, is a sequence the node must apply before it
+	// answers VALID again (set after a reconnect).
+	resyncTo   atomic.Uint64
+	resyncing  atomic.Bool
+	reconnects atomic.Uint64
+	flushSeq   atomic.Uint64
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	subs   []*nats.Subscription
+	closed atomic.Bool
+}
+
+// New loads the read models, subscribes to the event stream and returns
+// once the validator has caught up with every event stored before it
+// started.
+func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Validator, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	lctx, cancel := context.WithTimeout(ctx, cfg.ReadyTimeout)
+	defer cancel()
+	h, err := bus.Open(lctx, js)
+	if err != nil {
+		return nil, err
+	}
+	v := &Validator{cfg: cfg, nc: nc, js: js, h: h}
+	v.st.init()
+	v.lastHeard.Store(cfg.Now().UnixNano())
+	if err := v.start(lctx); err != nil {
+		v.Close()
+		return nil, err
+	}
+	return v, nil
+}
+
+// Close stops the validator and flushes pending usage.
+func (v *Validator) Close() {
+	if !v.closed.CompareAndSwap(false, true) {
+		return
+	}
+	for _, s := range v.subs {
+		_ = s.Unsubscribe()
+	}
+	if v.cancel != nil {
+		v.cancel()
+	}
+	v.wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	v.flushUsage(ctx)
+	v.flushLastUsed(ctx)
+}
+
+// Applied returns the last event sequence applied.
+func (v *Validator) Applied() uint64 { return v.st.applied.Load() }
+
+// WaitApplied blocks until every event up to seq is applied.
+func (v *Validator) WaitApplied(ctx context.Context, seq uint64) error {
+	return v.st.waitApplied(ctx, seq)
+}

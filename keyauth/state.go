@@ -1,0 +1,255 @@
+package keyauth
+
+import (
+	"context"
+	"crypto/sha256"
+	"sync"
+	"sync/atomic"
+
+	"github.com/telapi/telkeys/apikey"
+	"github.com/telapi/telkeys/events"
+)
+
+// ScopeSet is a set of scopes as bits, so checks never allocate.
+type ScopeSet uint8
+
+// The scopes as bits.
+const (
+	ScopeCreateCallToken ScopeSet = 1 << iota
+	ScopeReadCallToken
+	ScopeReadTeamApps
+)
+
+// ScopeOf returns the bit of a scope name, or 0 if unknown.
+func ScopeOf(name string) ScopeSet {
+	switch name {
+	case apikey.ScopeCreateCallToken:
+		return ScopeCreateCallToken
+	case apikey.ScopeReadCallToken:
+		return ScopeReadCallToken
+	case apikey.ScopeReadTeamApps:
+		return ScopeReadTeamApps
+	}
+	return 0
+}
+
+func scopesOf(names []string) ScopeSet {
+	var s ScopeSet
+	for _, n := range names {
+		s |= ScopeOf(n)
+	}
+	return s
+}
+
+// Strings returns the scope names in catalogue order.
+func (s ScopeSet) Strings() []string {
+	out := []string{}
+	for _, n := range apikey.Scopes() {
+		if s&ScopeOf(n) != 0 {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// teamConfig is immutable; a change replaces it.
+type teamConfig struct {
+	seq     uint64 // last event applied to the team's record
+	enabled bool
+	allowed ScopeSet
+	limit   int64 // -1: unlimited
+}
+
+type team struct {
+	name  string
+	cfg   atomic.Pointer[teamConfig] // nil: never configured, disabled
+	usage usageCounter
+}
+
+type key struct {
+	id     string
+	team   *team
+	scopes ScopeSet
+	seq    uint64 // the KeyCreated event
+	// lastUsed is the unix second of the last successful verification;
+	// flushed is the value last written out.
+	lastUsed atomic.Int64
+	flushed  int64
+}
+
+const shards = 64
+
+type shard struct {
+	mu sync.RWMutex
+	m  map[apikey.Hash]*key
+}
+
+// state is everything the validator knows. Verify only reads it; one
+// goroutine at a time applies changes.
+type state struct {
+	keys [shards]shard
+
+	teamsMu sync.RWMutex
+	teams   map[string]*team
+
+	webrtcOff atomic.Bool
+	flagSeq   uint64
+
+	applied   atomic.Uint64
+	waitMu    sync.Mutex
+	advanced  chan struct{} // closed and replaced when applied moves
+	keysCount atomic.Int64
+}
+
+func (s *state) init() {
+	for i := range s.keys {
+		s.keys[i].m = map[apikey.Hash]*key{}
+	}
+	s.teams = map[string]*team{}
+	s.advanced = make(chan struct{})
+}
+
+// hashKey is SHA-256 of the key through a stack buffer: hashing the string
+// directly would make it escape and allocate. Keys longer than apikey.Len
+// never get here (Parse refuses them).
+func hashKey(k string) apikey.Hash {
+	var buf [apikey.Len]byte
+	n := copy(buf[:], k)
+	return sha256.Sum256(buf[:n])
+}
+
+func (s *state) lookup(h apikey.Hash) *key {
+	sh := &s.keys[h[0]%shards]
+	sh.mu.RLock()
+	k := sh.m[h]
+	sh.mu.RUnlock()
+	return k
+}
+
+func (s *state) team(name string) *team {
+	s.teamsMu.RLock()
+	t := s.teams[name]
+	s.teamsMu.RUnlock()
+	if t != nil {
+		return t
+	}
+	s.teamsMu.Lock()
+	defer s.teamsMu.Unlock()
+	if t = s.teams[name]; t == nil {
+		t = &team{name: name}
+		s.teams[name] = t
+	}
+	return t
+}
+
+func (s *state) eachTeam(f func(*team)) {
+	s.teamsMu.RLock()
+	ts := make([]*team, 0, len(s.teams))
+	for _, t := range s.teams {
+		ts = append(ts, t)
+	}
+	s.teamsMu.RUnlock()
+	for _, t := range ts {
+		f(t)
+	}
+}
+
+func (s *state) eachKey(f func(*key)) {
+	for i := range s.keys {
+		sh := &s.keys[i]
+		sh.mu.RLock()
+		for _, k := range sh.m {
+			f(k)
+		}
+		sh.mu.RUnlock()
+	}
+}
+
+func (s *state) putKey(h apikey.Hash, k *key) {
+	sh := &s.keys[h[0]%shards]
+	sh.mu.Lock()
+	if _, ok := sh.m[h]; !ok {
+		s.keysCount.Add(1)
+	}
+	sh.m[h] = k
+	sh.mu.Unlock()
+}
+
+func (s *state) dropKey(h apikey.Hash) {
+	sh := &s.keys[h[0]%shards]
+	sh.mu.Lock()
+	if _, ok := sh.m[h]; ok {
+		delete(sh.m, h)
+		s.keysCount.Add(-1)
+	}
+	sh.mu.Unlock()
+}
+
+func (s *state) setConfig(t *team, seq uint64, enabled bool, allowed []string, limit *int64) {
+	if cur := t.cfg.Load(); cur != nil && cur.seq >= seq {
+		return
+	}
+	c := &teamConfig{seq: seq, enabled: enabled, allowed: scopesOf(allowed), limit: -1}
+	if limit != nil {
+		c.limit = *limit
+	}
+	t.cfg.Store(c)
+}
+
+// apply folds one event, at stream sequence seq, into the state. Records
+// loaded from the read models carry their own sequences, so an event they
+// already reflect changes nothing.
+func (s *state) apply(seq uint64, ev events.Envelope, p events.Payload) {
+	switch e := p.(type) {
+	case events.PlatformFlagSet:
+		if e.Flag == "webrtc" && seq > s.flagSeq {
+			s.flagSeq = seq
+			s.webrtcOff.Store(!e.Enabled)
+		}
+	case events.TeamAccessConfigured:
+		if name, ok := events.TeamOf(ev.Aggregate); ok {
+			s.setConfig(s.team(name), seq, e.Enabled, e.AllowedScopes, e.MaxRequestsPerDay)
+		}
+	case events.KeyCreated:
+		name, ok := events.TeamOf(ev.Aggregate)
+		if !ok || len(e.Hash) != len(apikey.Hash{}) {
+			break
+		}
+		h := apikey.Hash(e.Hash)
+		if existing := s.lookup(h); existing != nil && existing.seq >= seq {
+			break
+		}
+		s.putKey(h, &key{id: e.KeyID, team: s.team(name), scopes: scopesOf(e.Scopes), seq: seq})
+	case events.KeyDeleted:
+		if len(e.Hash) == len(apikey.Hash{}) {
+			s.dropKey(apikey.Hash(e.Hash))
+		}
+	}
+	s.advance(seq)
+}
+
+func (s *state) advance(seq uint64) {
+	s.waitMu.Lock()
+	defer s.waitMu.Unlock()
+	if seq > s.applied.Load() {
+		s.applied.Store(seq)
+		close(s.advanced)
+		s.advanced = make(chan struct{})
+	}
+}
+
+func (s *state) waitApplied(ctx context.Context, seq uint64) error {
+	for {
+		s.waitMu.Lock()
+		applied, ch := s.applied.Load(), s.advanced
+		s.waitMu.Unlock()
+		if applied >= seq {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

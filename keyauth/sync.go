@@ -1,0 +1,250 @@
+package keyauth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/telapi/telkeys/apikey"
+	"github.com/telapi/telkeys/bus"
+	"github.com/telapi/telkeys/events"
+	"github.com/telapi/telkeys/projections"
+)
+
+// start loads the read models at their checkpoint, then follows the event
+// stream from there, and returns once it has applied everything stored
+// before it started.
+func (v *Validator) start(ctx context.Context) error {
+	runCtx, cancel := context.WithCancel(context.Background())
+	v.cancel = cancel
+
+	hb, err := v.nc.Subscribe(bus.HeartbeatSubject, v.onHeartbeat)
+	if err != nil {
+		return err
+	}
+	v.subs = append(v.subs, hb)
+
+	cp, err := v.load(ctx)
+	if err != nil {
+		return fmt.Errorf("keyauth: load read models: %w", err)
+	}
+	v.st.advance(cp)
+	info, err := v.h.Events.Info(ctx)
+	if err != nil {
+		return err
+	}
+	target := info.State.LastSeq
+
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{bus.EventSubjects}}
+	if cp > 0 {
+		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+		cfg.OptStartSeq = cp + 1
+	}
+	cons, err := v.js.OrderedConsumer(ctx, bus.EventStream, cfg)
+	if err != nil {
+		return err
+	}
+	cc, err := cons.Consume(v.onEvent)
+	if err != nil {
+		return err
+	}
+	v.wg.Add(1)
+	go func() {
+		defer v.wg.Done()
+		<-runCtx.Done()
+		cc.Stop()
+	}()
+	if err := v.st.waitApplied(ctx, target); err != nil {
+		return fmt.Errorf("keyauth: catching up to event %d (at %d): %w", target, v.Applied(), err)
+	}
+	if err := v.startUsage(ctx, runCtx); err != nil {
+		return err
+	}
+	v.reconnects.Store(v.nc.Stats().Reconnects)
+	v.every(runCtx, 50*time.Millisecond, func() { v.watchConnection() })
+	v.cfg.Log.Info("keyauth ready", "node", v.cfg.Name, "keys", v.st.keysCount.Load(), "event", v.Applied())
+	return nil
+}
+
+// every runs f every period until ctx ends.
+func (v *Validator) every(ctx context.Context, period time.Duration, f func()) {
+	v.wg.Add(1)
+	go func() {
+		defer v.wg.Done()
+		t := time.NewTicker(period)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				f()
+			}
+		}
+	}()
+}
+
+// load reads the checkpoint, then every key, team and flag record. Records
+// may be ahead of the checkpoint (the projector writes them first); they
+// carry their sequences, and events they already reflect are ignored.
+func (v *Validator) load(ctx context.Context) (uint64, error) {
+	var cp uint64
+	e, err := v.h.ReadModel.Get(ctx, bus.CheckpointKey)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+	case err != nil:
+		return 0, err
+	default:
+		if cp, err = strconv.ParseUint(string(e.Value()), 10, 64); err != nil {
+			return 0, err
+		}
+	}
+	pre := "$KV." + bus.BucketReadModel + "."
+	cons, err := v.js.OrderedConsumer(ctx, "KV_"+bus.BucketReadModel, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{pre + bus.KeyPrefix + ">", pre + bus.TeamPrefix + ">", pre + bus.FlagPrefix + ">"},
+		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+	})
+	if err != nil {
+		return 0, err
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	remaining := info.NumPending
+	for remaining > 0 {
+		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return 0, err
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			md, err := m.Metadata()
+			if err != nil {
+				return 0, err
+			}
+			remaining = md.NumPending
+			if op := m.Headers().Get("KV-Operation"); op == "DEL" || op == "PURGE" {
+				continue
+			}
+			if err := v.loadRecord(strings.TrimPrefix(m.Subject(), pre), m.Data()); err != nil {
+				return 0, err
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			return 0, err
+		}
+		if n == 0 {
+			return 0, errors.New("read-model load stalled")
+		}
+	}
+	return cp, nil
+}
+
+func (v *Validator) loadRecord(name string, data []byte) error {
+	switch {
+	case strings.HasPrefix(name, bus.KeyPrefix):
+		var r projections.KeyRecord
+		if err := msgpack.Unmarshal(data, &r); err != nil {
+			return err
+		}
+		h, err := apikey.ParseHash(r.Hash)
+		if err != nil {
+			return err
+		}
+		v.st.putKey(h, &key{id: r.ID, team: v.st.team(r.Team), scopes: scopesOf(r.Scopes), seq: r.Seq})
+	case strings.HasPrefix(name, bus.TeamPrefix):
+		var r projections.TeamRecord
+		if err := msgpack.Unmarshal(data, &r); err != nil {
+			return err
+		}
+		if r.Configured {
+			v.st.setConfig(v.st.team(r.Team), r.Seq, r.Enabled, r.AllowedScopes, r.MaxRequestsPerDay)
+		}
+	case name == bus.FlagPrefix+"webrtc":
+		var r projections.FlagRecord
+		if err := msgpack.Unmarshal(data, &r); err != nil {
+			return err
+		}
+		v.st.flagSeq = r.Seq
+		v.st.webrtcOff.Store(!r.Enabled)
+	}
+	return nil
+}
+
+// onEvent applies one event. The ordered consumer delivers every event
+// once, in stream order, and recreates itself after a gap or a reconnect.
+func (v *Validator) onEvent(m jetstream.Msg) {
+	md, err := m.Metadata()
+	if err != nil {
+		return
+	}
+	seq := md.Sequence.Stream
+	v.lastHeard.Store(v.cfg.Now().UnixNano())
+	if seq <= v.Applied() {
+		return
+	}
+	ev, err := events.Unmarshal(m.Data())
+	if err != nil {
+		v.cfg.Log.Error("keyauth: undecodable event", "seq", seq, "err", err)
+		v.st.advance(seq)
+		return
+	}
+	p, err := ev.Decode()
+	if err != nil {
+		v.cfg.Log.Warn("keyauth: skipping event", "seq", seq, "type", ev.Type, "err", err)
+		v.st.advance(seq)
+		return
+	}
+	v.st.apply(seq, ev, p)
+}
+
+// onHeartbeat records that telkeys is alive and how far its stream is.
+func (v *Validator) onHeartbeat(m *nats.Msg) {
+	seq, err := strconv.ParseUint(string(m.Data), 10, 64)
+	if err != nil {
+		return
+	}
+	v.lastHeard.Store(v.cfg.Now().UnixNano())
+	if seq > v.heardSeq.Load() {
+		v.heardSeq.Store(seq)
+	}
+	if v.resyncing.Load() && v.resyncTo.Load() == 0 {
+		v.resyncTo.Store(max(seq, 1))
+	}
+}
+
+// watchConnection notices reconnects: until the validator has applied what
+// the first heartbeat after the reconnect announces, it is not current.
+func (v *Validator) watchConnection() {
+	if r := v.nc.Stats().Reconnects; r != v.reconnects.Load() {
+		v.reconnects.Store(r)
+		v.resyncTo.Store(0)
+		v.resyncing.Store(true)
+		v.cfg.Log.Info("keyauth: reconnected; catching up before answering VALID", "node", v.cfg.Name)
+	}
+	if v.resyncing.Load() {
+		if to := v.resyncTo.Load(); to != 0 && v.Applied() >= to {
+			v.resyncing.Store(false)
+		}
+	}
+}
+
+// current reports whether the validator may answer from its state.
+func (v *Validator) current(now time.Time) bool {
+	if v.cfg.FailOpen {
+		return true
+	}
+	if v.resyncing.Load() {
+		return false
+	}
+	return now.UnixNano()-v.lastHeard.Load() <= int64(v.cfg.MaxStaleness)
+}

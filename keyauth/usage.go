@@ -1,0 +1,258 @@
+package keyauth
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/telapi/telkeys/bus"
+)
+
+// dayOf is the UTC day number of t: days since 1970-01-01.
+func dayOf(t time.Time) int64 { return t.Unix() / 86400 }
+
+func dayTime(day int64) time.Time { return time.Unix(day*86400, 0).UTC() }
+
+// usageCounter is one team's count for the current UTC day:
+//
+//	global   the total the counter stream last reported (every node's
+//	         flushed verifications, this node's included)
+//	inflight this node's verifications being flushed right now
+//	pending  this node's verifications not flushed yet
+//
+// Their sum is what the quota is checked against. On one node it is exact;
+// with several, other nodes' counts arrive within a flush period or so.
+type usageCounter struct {
+	mu       sync.Mutex
+	day      int64
+	global   int64
+	inflight int64
+	pending  int64
+	// retry is a flush whose outcome is unknown; it is sent again with the
+	// same message id, so the stream counts it once.
+	retry *flushReq
+	// carry is an earlier day's unflushed count, still to be sent.
+	carry *flushReq
+}
+
+type flushReq struct {
+	day   int64
+	n     int64
+	msgID string
+}
+
+// charge counts one verification if the limit allows it (limit < 0: none).
+func (c *usageCounter) charge(day, limit int64) (int64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.rollover(day)
+	total := c.global + c.inflight + c.pending
+	if limit >= 0 && total >= limit {
+		return total, false
+	}
+	c.pending++
+	return total + 1, true
+}
+
+func (c *usageCounter) count(day int64) int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if day != c.day {
+		return 0
+	}
+	return c.global + c.inflight + c.pending
+}
+
+// rollover starts a new day, keeping the old day's unflushed count to send.
+func (c *usageCounter) rollover(day int64) {
+	if day <= c.day {
+		return
+	}
+	if c.pending > 0 && c.carry == nil {
+		c.carry = &flushReq{day: c.day, n: c.pending}
+	}
+	c.day, c.global, c.inflight, c.pending = day, 0, 0, 0
+}
+
+// observe records a total reported by the counter stream. While this node
+// has a flush in flight the report may or may not include it, so it is
+// ignored: the flush's own acknowledgement carries the total.
+func (c *usageCounter) observe(day, total int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.rollover(day)
+	if day == c.day && c.inflight == 0 && total > c.global {
+		c.global = total
+	}
+}
+
+// startUsage follows every node's counters and starts the flush loops.
+func (v *Validator) startUsage(ctx, runCtx context.Context) error {
+	cons, err := v.js.OrderedConsumer(ctx, bus.UsageStream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{bus.UsageSubjectPrefix + ">"},
+		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+	})
+	if err != nil {
+		return err
+	}
+	cc, err := cons.Consume(v.onUsage)
+	if err != nil {
+		return err
+	}
+	v.wg.Add(1)
+	go func() {
+		defer v.wg.Done()
+		<-runCtx.Done()
+		cc.Stop()
+	}()
+	v.every(runCtx, v.cfg.UsageFlush, func() { v.flushUsage(runCtx) })
+	v.every(runCtx, v.cfg.LastUsedFlush, func() { v.flushLastUsed(runCtx) })
+	return nil
+}
+
+// onUsage reads a counter value {"val":"N"} on telkeys.usage.<team>.<day>.
+func (v *Validator) onUsage(m jetstream.Msg) {
+	rest := strings.TrimPrefix(m.Subject(), bus.UsageSubjectPrefix)
+	i := strings.LastIndexByte(rest, '.')
+	if i < 0 {
+		return
+	}
+	day, err := time.Parse("20060102", rest[i+1:])
+	if err != nil {
+		return
+	}
+	var body struct{ Val string }
+	if json.Unmarshal(m.Data(), &body) != nil {
+		return
+	}
+	total, err := strconv.ParseInt(body.Val, 10, 64)
+	if err != nil {
+		return
+	}
+	v.st.team(rest[:i]).usage.observe(dayOf(day), total)
+}
+
+// flushUsage sends each team's unflushed count as one increment. A count
+// stays in inflight until the stream acknowledges it; a failed flush is
+// sent again with the same message id, so the stream counts it once.
+func (v *Validator) flushUsage(ctx context.Context) {
+	v.st.eachTeam(func(t *team) {
+		c := &t.usage
+		c.mu.Lock()
+		req := c.retry
+		switch {
+		case req != nil:
+		case c.carry != nil:
+			req, c.carry = c.carry, nil
+		case c.pending > 0:
+			req = &flushReq{day: c.day, n: c.pending}
+			c.inflight += c.pending
+			c.pending = 0
+		}
+		c.mu.Unlock()
+		if req == nil {
+			return
+		}
+		if req.msgID == "" {
+			req.msgID = v.cfg.Name + "-" + strconv.FormatUint(v.flushSeq.Add(1), 10) + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+		}
+		msg := nats.NewMsg(bus.UsageSubject(t.name, dayTime(req.day)))
+		msg.Header.Set("Nats-Incr", "+"+strconv.FormatInt(req.n, 10))
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		ack, err := v.js.PublishMsg(pctx, msg, jetstream.WithMsgID(req.msgID))
+		cancel()
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if err != nil {
+			c.retry = req
+			if ctx.Err() == nil {
+				v.cfg.Log.Warn("keyauth: usage flush failed; will retry", "team", t.name, "err", err)
+			}
+			return
+		}
+		c.retry = nil
+		if req.day != c.day {
+			return
+		}
+		c.inflight -= req.n
+		if total, err := strconv.ParseInt(ack.Value, 10, 64); err == nil && total > c.global {
+			c.global = total
+		}
+	})
+}
+
+// flushLastUsed merges this node's last-used times into each team's entry
+// of the last-used bucket, keeping the later time per key.
+func (v *Validator) flushLastUsed(ctx context.Context) {
+	byTeam := map[*team]map[string]int64{}
+	var dirty []*key
+	v.st.eachKey(func(k *key) {
+		if lu := k.lastUsed.Load(); lu > k.flushed {
+			m := byTeam[k.team]
+			if m == nil {
+				m = map[string]int64{}
+				byTeam[k.team] = m
+			}
+			m[k.id] = lu
+			dirty = append(dirty, k)
+		}
+	})
+	failed := map[*team]bool{}
+	for t, times := range byTeam {
+		if err := mergeLastUsed(ctx, v.h.LastUsed, t.name, times); err != nil {
+			failed[t] = true
+			if !errors.Is(err, context.Canceled) {
+				v.cfg.Log.Warn("keyauth: last-used flush failed; will retry", "team", t.name, "err", err)
+			}
+		}
+	}
+	for _, k := range dirty {
+		if !failed[k.team] {
+			k.flushed = max(k.flushed, k.lastUsed.Load())
+		}
+	}
+}
+
+// LastUsed is the value of a team's entry in the last-used bucket: unix
+// seconds by key id.
+type LastUsed map[string]int64
+
+func mergeLastUsed(ctx context.Context, kv jetstream.KeyValue, team string, times map[string]int64) error {
+	for attempt := 0; attempt < 5; attempt++ {
+		cur := LastUsed{}
+		var rev uint64
+		e, err := kv.Get(ctx, team)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			return err
+		default:
+			rev = e.Revision()
+			if err := json.Unmarshal(e.Value(), &cur); err != nil {
+				cur = LastUsed{}
+			}
+		}
+		for id, t := range times {
+			if t > cur[id] {
+				cur[id] = t
+			}
+		}
+		b, _ := json.Marshal(cur)
+		if rev == 0 {
+			_, err = kv.Create(ctx, team, b)
+		} else {
+			_, err = kv.Update(ctx, team, b, rev)
+		}
+		if err == nil || !(errors.Is(err, jetstream.ErrKeyExists) || bus.IsWrongLastSequence(err)) {
+			return err
+		}
+	}
+	return errors.New("keyauth: last-used entry kept changing")
+}

@@ -1,0 +1,68 @@
+package keyauth
+
+import (
+	"github.com/telapi/telkeys/apikey"
+)
+
+// Verify checks key for scope, in this order: format and checksum,
+// freshness of this node, lookup, team enabled, webrtc flag, scope, daily
+// quota. The quota is charged only when every other check passes.
+//
+// It does no I/O and no allocation, and is safe for concurrent use.
+func (v *Validator) Verify(key, scope string) Result {
+	if apikey.Parse(key) != nil {
+		return Result{Code: NotFound, Limit: -1}
+	}
+	now := v.cfg.Now()
+	if !v.current(now) {
+		return Result{Code: Unavailable, Limit: -1}
+	}
+	k := v.st.lookup(hashKey(key))
+	if k == nil {
+		return Result{Code: NotFound, Limit: -1}
+	}
+	t := k.team
+	r := Result{Team: t.name, KeyID: k.id, Limit: -1}
+	cfg := t.cfg.Load()
+	if cfg == nil || !cfg.enabled {
+		r.Code = TeamAPIDisabled
+		return r
+	}
+	r.Scopes, r.Limit = k.scopes&cfg.allowed, cfg.limit
+	if v.st.webrtcOff.Load() {
+		r.Code = WebRTCDisabled
+		return r
+	}
+	if want := ScopeOf(scope); want == 0 || r.Scopes&want == 0 {
+		r.Code = InsufficientScope
+		return r
+	}
+	n, ok := t.usage.charge(dayOf(now), cfg.limit)
+	r.RequestsToday = n
+	if !ok {
+		r.Code = RateLimited
+		return r
+	}
+	if sec := now.Unix(); k.lastUsed.Load() != sec {
+		k.lastUsed.Store(sec)
+	}
+	r.Code = Valid
+	return r
+}
+
+// Usage returns a team's successful verifications today as this node
+// knows them (every node's flushed counts plus its own unflushed ones) and
+// its daily limit (-1 if none).
+func (v *Validator) Usage(team string) (today, limit int64) {
+	v.st.teamsMu.RLock()
+	t := v.st.teams[team]
+	v.st.teamsMu.RUnlock()
+	if t == nil {
+		return 0, -1
+	}
+	limit = -1
+	if cfg := t.cfg.Load(); cfg != nil {
+		limit = cfg.limit
+	}
+	return t.usage.count(dayOf(v.cfg.Now())), limit
+}
