@@ -120,7 +120,7 @@ func (v *Validator) load(ctx context.Context) (uint64, error) {
 	}
 	remaining := info.NumPending
 	for remaining > 0 {
-		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(5*time.Second))
+		batch, err := cons.Fetch(int(min(remaining, 1000)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			return 0, err
 		}
