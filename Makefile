@@ -7,6 +7,7 @@ DATA    ?= ./data
 
 build:
 	$(GO) build -o $(BIN) ./cmd/telkeys
+	$(GO) build -o bin/telapi-node ./cmd/telapi-node
 
 run: build
 	$(BIN) serve --data-dir $(DATA) --log-format text
@@ -21,6 +22,7 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./apikey
 	$(GO) test -run '^$$' -fuzz FuzzUnmarshal -fuzztime $(FUZZTIME) ./events
+	$(GO) test -run '^$$' -fuzz FuzzVerify -fuzztime $(FUZZTIME) ./keyauth
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

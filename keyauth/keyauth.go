@@ -217,3 +217,7 @@ func (v *Validator) Applied() uint64 { return v.st.applied.Load() }
 func (v *Validator) WaitApplied(ctx context.Context, seq uint64) error {
 	return v.st.waitApplied(ctx, seq)
 }
+
+// Current reports whether the validator is answering from current state:
+// it has heard telkeys recently and caught up after any reconnect.
+func (v *Validator) Current() bool { return v.current(v.cfg.Now()) }

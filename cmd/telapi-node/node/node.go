@@ -1,0 +1,270 @@
+// Package node is a small TelAPI node: the WebRTC call-session endpoints,
+// gated by API keys through keyauth, and a webhook endpoint that API keys
+// do not govern (it checks its own HMAC signature). It shows how a real
+// TelAPI node embeds keyauth; the call tokens and apps it returns are
+// placeholders.
+package node
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/telapi/telkeys/apikey"
+	"github.com/telapi/telkeys/keyauth"
+)
+
+// Config is every setting of the node.
+type Config struct {
+	NATSURL       string
+	HTTPAddr      string
+	Name          string
+	MaxStaleness  time.Duration
+	FailOpen      bool
+	WebhookSecret string
+}
+
+// Validate reports every problem at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.NATSURL == "" {
+		errs = append(errs, errors.New("--nats-url is required"))
+	}
+	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+		errs = append(errs, fmt.Errorf("--http-addr %q: %w", c.HTTPAddr, err))
+	}
+	if c.MaxStaleness <= 0 {
+		errs = append(errs, errors.New("--max-staleness must be positive"))
+	}
+	return errors.Join(errs...)
+}
+
+const usage = `Usage: telapi-node [flags]
+
+A TelAPI node: POST /api/v1/call-tokens (CREATE_CALL_TOKEN),
+GET /api/v1/call-tokens/{id} (READ_CALL_TOKEN) and GET /api/v1/apps
+(READ_TEAM_APPS) take an API key in "Authorization: Bearer" or "X-API-Key",
+verified in memory by keyauth. POST /api/v1/webhooks takes no API key: it
+checks an HMAC-SHA256 of its body in "X-Telapi-Signature: sha256=<hex>".
+
+Flags (each also read from the environment variable shown):
+`
+
+// Run is the node's main: it returns the exit code.
+func Run(ctx context.Context, args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("telapi-node", flag.ContinueOnError)
+	var c Config
+	fs.StringVar(&c.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server(s) of telkeys, comma-separated")
+	fs.StringVar(&c.HTTPAddr, "http-addr", ":8081", "address of the node's HTTP API")
+	fs.StringVar(&c.Name, "name", "", "node name, unique among nodes (default: random)")
+	fs.DurationVar(&c.MaxStaleness, "max-staleness", 10*time.Second, "answer 503 after hearing nothing from telkeys for this long")
+	fs.BoolVar(&c.FailOpen, "fail-open", false, "keep answering from the last known state when stale (deleted keys may keep working while cut off)")
+	fs.StringVar(&c.WebhookSecret, "webhook-secret", "", "HMAC secret of /api/v1/webhooks; empty: a random one (webhooks always refused)")
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.VisitAll(func(f *flag.Flag) {
+			fmt.Fprintf(stderr, "  --%s  [%s] (default %q)\n      %s\n", f.Name, envName(f.Name), f.DefValue, f.Usage)
+		})
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var bad error
+	fs.VisitAll(func(f *flag.Flag) {
+		if v, ok := os.LookupEnv(envName(f.Name)); ok && !set[f.Name] {
+			if err := fs.Set(f.Name, v); err != nil {
+				bad = errors.Join(bad, fmt.Errorf("%s: %w", envName(f.Name), err))
+			}
+		}
+	})
+	if bad == nil {
+		bad = c.Validate()
+	}
+	if bad != nil {
+		fmt.Fprintln(stderr, "telapi-node:", bad)
+		return 2
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, nil))
+	if err := serve(ctx, c, log); err != nil {
+		log.Error("telapi-node stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func envName(flagName string) string {
+	return "TELAPI_NODE_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func serve(ctx context.Context, c Config, log *slog.Logger) error {
+	if c.WebhookSecret == "" {
+		var b [32]byte
+		_, _ = rand.Read(b[:])
+		c.WebhookSecret = hex.EncodeToString(b[:])
+	}
+	nc, err := nats.Connect(c.NATSURL, nats.Name("telapi-node "+c.Name), nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond), nats.PingInterval(2*time.Second), nats.MaxPingsOutstanding(2))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	v, err := keyauth.New(ctx, nc, keyauth.Config{Name: c.Name, MaxStaleness: c.MaxStaleness, FailOpen: c.FailOpen, Log: log})
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	app := New(v, []byte(c.WebhookSecret))
+	ln, err := net.Listen("tcp", c.HTTPAddr)
+	if err != nil {
+		return err
+	}
+	log.Info("http listening", "addr", ln.Addr().String(), "node", c.Name)
+	errc := make(chan error, 1)
+	go func() { errc <- app.Listener(ln) }()
+	select {
+	case <-ctx.Done():
+		return app.ShutdownWithTimeout(5 * time.Second)
+	case err := <-errc:
+		return err
+	}
+}
+
+// Verifier is what the node needs of keyauth.
+type Verifier interface {
+	Verify(key, scope string) keyauth.Result
+	Current() bool
+}
+
+// problem writes an RFC 9457 problem with a stable code.
+func problem(c *fiber.Ctx, status int, code, detail string) error {
+	c.Set(fiber.HeaderContentType, "application/problem+json")
+	return c.Status(status).JSON(fiber.Map{
+		"type": "about:blank", "title": statusText(status),
+		"status": status, "detail": detail, "code": code,
+	})
+}
+
+func statusText(status int) string {
+	switch status {
+	case 401:
+		return "Unauthorized"
+	case 403:
+		return "Forbidden"
+	case 429:
+		return "Too Many Requests"
+	case 503:
+		return "Service Unavailable"
+	}
+	return "Error"
+}
+
+// New returns the node's Fiber app.
+func New(v Verifier, webhookSecret []byte) *fiber.App {
+	app := fiber.New(fiber.Config{DisableStartupMessage: true, BodyLimit: 1 << 20})
+	app.Get("/healthz", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"status": "ok"}) })
+	app.Get("/readyz", func(c *fiber.Ctx) error {
+		if !v.Current() {
+			return c.Status(503).JSON(fiber.Map{"status": "stale"})
+		}
+		return c.JSON(fiber.Map{"status": "ready"})
+	})
+	api := app.Group("/api/v1")
+	api.Post("/call-tokens", gate(v, apikey.ScopeCreateCallToken), func(c *fiber.Ctx) error {
+		var tok [24]byte
+		_, _ = rand.Read(tok[:])
+		return c.Status(201).JSON(fiber.Map{
+			"id": "ct_" + ulid.Make().String(), "team": c.Locals(teamKey),
+			"token": hex.EncodeToString(tok[:]), "expires_at": time.Now().Add(time.Hour).UTC().Format(time.RFC3339),
+		})
+	})
+	api.Get("/call-tokens/:id", gate(v, apikey.ScopeReadCallToken), func(c *fiber.Ctx) error {
+		return c.JSON(fiber.Map{"id": c.Params("id"), "team": c.Locals(teamKey), "status": "active"})
+	})
+	api.Get("/apps", gate(v, apikey.ScopeReadTeamApps), func(c *fiber.Ctx) error {
+		return c.JSON(fiber.Map{"team": c.Locals(teamKey), "apps": []fiber.Map{{"id": "app_default", "name": "Default"}}})
+	})
+	api.Post("/webhooks", func(c *fiber.Ctx) error {
+		sig, ok := strings.CutPrefix(c.Get("X-Telapi-Signature"), "sha256=")
+		got, err := hex.DecodeString(sig)
+		mac := hmac.New(sha256.New, webhookSecret)
+		mac.Write(c.Body())
+		if !ok || err != nil || !hmac.Equal(got, mac.Sum(nil)) {
+			return problem(c, 401, "invalid_signature", "X-Telapi-Signature must be sha256=<hex HMAC-SHA256 of the body>")
+		}
+		return c.Status(202).JSON(fiber.Map{"accepted": true})
+	})
+	return app
+}
+
+type ctxKey int
+
+const teamKey ctxKey = iota
+
+// gate admits requests whose API key has scope, and answers the rest with
+// the status and problem code of the verification.
+func gate(v Verifier, scope string) fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		key := c.Get("X-API-Key")
+		if h := c.Get(fiber.HeaderAuthorization); key == "" && len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+			key = strings.TrimSpace(h[7:])
+		}
+		if key == "" {
+			c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="telapi"`)
+			return problem(c, 401, "missing_api_key", "send an API key in Authorization: Bearer or X-API-Key")
+		}
+		r := v.Verify(key, scope)
+		if r.Limit >= 0 {
+			reset := secondsToUTCMidnight(time.Now())
+			c.Set("RateLimit-Policy", fmt.Sprintf(`"daily";q=%d;w=86400`, r.Limit))
+			c.Set("RateLimit", fmt.Sprintf(`"daily";r=%d;t=%d`, max(r.Limit-r.RequestsToday, 0), reset))
+		}
+		switch r.Code {
+		case keyauth.Valid:
+			c.Locals(teamKey, r.Team)
+			return c.Next()
+		case keyauth.NotFound:
+			c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="telapi", error="invalid_token"`)
+			return problem(c, 401, "invalid_api_key", "the API key is unknown, malformed or deleted")
+		case keyauth.InsufficientScope:
+			return problem(c, 403, "insufficient_scope", "the API key lacks scope "+scope)
+		case keyauth.TeamAPIDisabled:
+			return problem(c, 403, "team_api_disabled", "API access is disabled for the key's team")
+		case keyauth.WebRTCDisabled:
+			return problem(c, 403, "webrtc_disabled", "the platform's WebRTC feature is turned off")
+		case keyauth.RateLimited:
+			c.Set(fiber.HeaderRetryAfter, strconv.FormatInt(secondsToUTCMidnight(time.Now()), 10))
+			return problem(c, 429, "rate_limited", "the team's daily request limit is reached; it resets at 00:00 UTC")
+		default:
+			c.Set(fiber.HeaderRetryAfter, "1")
+			return problem(c, 503, "unavailable", "this node cannot verify keys right now")
+		}
+	}
+}
+
+func secondsToUTCMidnight(now time.Time) int64 {
+	now = now.UTC()
+	next := time.Date(now.Year(), now.Month(), now.Day()+1, 0, 0, 0, 0, time.UTC)
+	return int64(next.Sub(now).Seconds() + 0.999)
+}
