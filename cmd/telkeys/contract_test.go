@@ -6,9 +6,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/telapi/telkeys/apikey"
 	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/bus/bustest"
 )
 
 // The REST contract of design.md, route by route: each success and each
@@ -165,6 +167,45 @@ func TestContract(t *testing.T) {
 		expectProblem(t, s.do("GET", "/v1/teams", "", nil), 401, "unauthorized")
 	})
 
+	t.Run("POST /v1/keys/verify", func(t *testing.T) {
+		key := created["key"].(string)
+		r := s.do("POST", "/v1/keys/verify", node, map[string]any{"key": key, "scope": "READ_TEAM_APPS"})
+		if r.status != 200 {
+			t.Fatalf("verify: %d %s", r.status, r.body)
+		}
+		v := r.json(t)
+		if v["valid"] != true || v["code"] != "VALID" || v["team"] != "acme" || v["key_id"] != created["id"] ||
+			!slices.Equal(strs(v["scopes"]), []string{"READ_TEAM_APPS"}) || v["requests_today"] != 1.0 || v["max_requests_per_day"] != nil {
+			t.Fatalf("verify result %s", r.body)
+		}
+		r = s.do("POST", "/v1/keys/verify", sa, map[string]any{"key": key, "scope": "CREATE_CALL_TOKEN"})
+		if v := r.json(t); r.status != 200 || v["valid"] != false || v["code"] != "INSUFFICIENT_SCOPE" {
+			t.Fatalf("verify without the scope: %d %s", r.status, r.body)
+		}
+		other, _ := apikey.Generate()
+		r = s.do("POST", "/v1/keys/verify", node, map[string]any{"key": other, "scope": "READ_TEAM_APPS"})
+		if v := r.json(t); r.status != 200 || v["code"] != "NOT_FOUND" || v["team"] != nil || v["key_id"] != nil {
+			t.Fatalf("unknown key: %d %s", r.status, r.body)
+		}
+		expectProblem(t, s.do("POST", "/v1/keys/verify", node, `{"key":"x"}`), 400, "invalid_request")
+		expectProblem(t, s.do("POST", "/v1/keys/verify", node, `{"key":"x","scope":"y","z":1}`), 400, "invalid_request")
+		expectProblem(t, s.do("POST", "/v1/keys/verify", "", map[string]any{"key": key, "scope": "READ_TEAM_APPS"}), 401, "unauthorized")
+		expectProblem(t, s.do("POST", "/v1/keys/verify", mem, map[string]any{"key": key, "scope": "READ_TEAM_APPS"}), 403, "forbidden")
+		expectProblem(t, s.do("POST", "/v1/keys/verify", aud, map[string]any{"key": key, "scope": "READ_TEAM_APPS"}), 403, "forbidden")
+
+		// The list shows the use: requests today at once, last used once flushed (~1 s).
+		bustest.Eventually(t, 10*time.Second, "requests_today 1 and last_used_at set", func() bool {
+			body := s.do("GET", "/v1/teams/acme/api-keys", mem, nil).json(t)
+			var lastUsed any
+			for _, k := range body["keys"].([]any) {
+				if k.(map[string]any)["id"] == created["id"] {
+					lastUsed = k.(map[string]any)["last_used_at"]
+				}
+			}
+			return body["stats"].(map[string]any)["requests_today"] == 1.0 && lastUsed != nil
+		})
+	})
+
 	t.Run("DELETE /v1/teams/{team}/api-keys/{id}", func(t *testing.T) {
 		id := created["id"].(string)
 		expectProblem(t, s.do("DELETE", "/v1/teams/acme/api-keys/"+id, aud, nil), 403, "forbidden")
@@ -173,9 +214,14 @@ func TestContract(t *testing.T) {
 		if r := s.do("DELETE", "/v1/teams/acme/api-keys/"+id, mem, nil); r.status != 204 || len(r.body) != 0 {
 			t.Fatalf("delete: %d %s", r.status, r.body)
 		}
+		// This server's verify endpoint refuses the key as soon as DELETE returned.
+		r := s.do("POST", "/v1/keys/verify", node, map[string]any{"key": created["key"], "scope": "READ_TEAM_APPS"})
+		if v := r.json(t); v["code"] != "NOT_FOUND" {
+			t.Fatalf("deleted key verifies as %v", v["code"])
+		}
 		expectProblem(t, s.do("DELETE", "/v1/teams/acme/api-keys/"+id, mem, nil), 404, "not_found")
 		expectProblem(t, s.do("DELETE", "/v1/teams/acme/api-keys/key_01ARZ3NDEKTSV4RRFFQ69G5FAV", sa, nil), 404, "not_found")
-		r := s.do("GET", "/v1/teams/acme/api-keys", mem, nil)
+		r = s.do("GET", "/v1/teams/acme/api-keys", mem, nil)
 		if keys := r.json(t)["keys"].([]any); len(keys) != 1 {
 			t.Fatalf("after delete: %s", r.body)
 		}

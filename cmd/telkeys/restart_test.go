@@ -17,6 +17,7 @@ import (
 
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/bus"
+	"github.com/telapi/telkeys/bus/bustest"
 	"github.com/telapi/telkeys/events"
 )
 
@@ -171,19 +172,11 @@ func TestSIGKILLDuringCreates(t *testing.T) {
 			}
 		}()
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	bustest.Eventually(t, 60*time.Second, "40 creates acknowledged", func() bool {
 		mu.Lock()
-		n := len(acked)
-		mu.Unlock()
-		if n >= 40 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d creates in 60s", n)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+		defer mu.Unlock()
+		return len(acked) >= 40
+	})
 	if err := c.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
