@@ -121,7 +121,7 @@ func (r *rig) del(team, id string) uint64 {
 	return res.Seq
 }
 
-func wait(t *testing.T, v *keyauth.Validator, seq uint64) {
+func wait(t testing.TB, v *keyauth.Validator, seq uint64) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -410,4 +410,62 @@ func FuzzVerify(f *testing.F) {
 			t.Fatalf("Verify(%q, %q) is VALID", key, scope)
 		}
 	})
+}
+
+// BenchmarkQuotaOvershoot3Nodes measures how far three nodes serving one
+// team together go past its daily limit. Each node is exact on its own;
+// across nodes, the others' counts arrive with their flushes. "burst" is
+// each node verifying as fast as it can (the limit is used up in a few
+// milliseconds, before any flush returns); "paced" is each node at about
+// 2000 verifications per second.
+func BenchmarkQuotaOvershoot3Nodes(b *testing.B) {
+	const limit = 2000
+	for _, pace := range []time.Duration{0, 500 * time.Microsecond} {
+		name := "burst"
+		if pace > 0 {
+			name = "paced-2k-per-node"
+		}
+		b.Run(name, func(b *testing.B) {
+			r := newRig(b)
+			nodes := []*keyauth.Validator{r.validator(keyauth.Config{}), r.validator(keyauth.Config{}), r.validator(keyauth.Config{})}
+			var over int64
+			for i := range b.N {
+				team := "q" + itoa(uint64(i))
+				seq := r.configure(team, true, []string{apps}, ptr[int64](limit))
+				k := r.create(team, apps)
+				for _, v := range nodes {
+					wait(b, v, max(seq, k.Result.Seq))
+				}
+				var valid atomic.Int64
+				var wg sync.WaitGroup
+				for _, v := range nodes {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						var tick <-chan time.Time
+						if pace > 0 {
+							t := time.NewTicker(pace)
+							defer t.Stop()
+							tick = t.C
+						}
+						for misses := 0; misses < 200; {
+							if tick != nil {
+								<-tick
+							}
+							if v.Verify(k.Plaintext, apps).Valid() {
+								valid.Add(1)
+								misses = 0
+							} else {
+								misses++
+							}
+						}
+					}()
+				}
+				wg.Wait()
+				over += valid.Load() - limit
+			}
+			b.ReportMetric(float64(over)/float64(b.N), "over-limit-of-2000")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
 }

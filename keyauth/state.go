@@ -99,6 +99,7 @@ type state struct {
 	waitMu    sync.Mutex
 	advanced  chan struct{} // closed and replaced when applied moves
 	keysCount atomic.Int64
+	kick      chan struct{} // asks for an early usage flush
 }
 
 func (s *state) init() {
@@ -107,6 +108,7 @@ func (s *state) init() {
 	}
 	s.teams = map[string]*team{}
 	s.advanced = make(chan struct{})
+	s.kick = make(chan struct{}, 1)
 }
 
 // hashKey is SHA-256 of the key through a stack buffer: hashing the string
@@ -137,6 +139,7 @@ func (s *state) team(name string) *team {
 	defer s.teamsMu.Unlock()
 	if t = s.teams[name]; t == nil {
 		t = &team{name: name}
+		t.usage.kick = s.kick
 		s.teams[name] = t
 	}
 	return t

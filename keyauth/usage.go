@@ -40,6 +40,8 @@ type usageCounter struct {
 	retry *flushReq
 	// carry is an earlier day's unflushed count, still to be sent.
 	carry *flushReq
+	// kick asks the flusher to flush now (shared by all counters).
+	kick chan struct{}
 }
 
 type flushReq struct {
@@ -58,6 +60,15 @@ func (c *usageCounter) charge(day, limit int64) (int64, bool) {
 		return total, false
 	}
 	c.pending++
+	// Near the limit, other nodes must learn of this node's count sooner
+	// than the next periodic flush: flush once pending reaches an eighth
+	// of what is left.
+	if limit >= 0 && c.pending*8 >= limit-c.global-c.inflight {
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
+	}
 	return total + 1, true
 }
 
@@ -112,7 +123,21 @@ func (v *Validator) startUsage(ctx, runCtx context.Context) error {
 		<-runCtx.Done()
 		cc.Stop()
 	}()
-	v.every(runCtx, v.cfg.UsageFlush, func() { v.flushUsage(runCtx) })
+	v.wg.Add(1)
+	go func() {
+		defer v.wg.Done()
+		t := time.NewTicker(v.cfg.UsageFlush)
+		defer t.Stop()
+		for {
+			select {
+			case <-runCtx.Done():
+				return
+			case <-t.C:
+			case <-v.st.kick:
+			}
+			v.flushUsage(runCtx)
+		}
+	}()
 	v.every(runCtx, v.cfg.LastUsedFlush, func() { v.flushLastUsed(runCtx) })
 	return nil
 }

@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/signal"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,14 +19,23 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/cmd/telapi-node/node"
 	"github.com/telapi/telkeys/commands"
 )
 
-// TestMain lets the SIGKILL test run this binary as a real telkeys process.
+// TestMain lets tests run this binary as a real telkeys process
+// (TELKEYS_TEST_AS_MAIN=1) or as a real telapi-node process
+// (TELKEYS_TEST_AS_MAIN=telapi-node).
 func TestMain(m *testing.M) {
-	if os.Getenv("TELKEYS_TEST_AS_MAIN") == "1" {
+	switch os.Getenv("TELKEYS_TEST_AS_MAIN") {
+	case "1":
 		main()
 		return
+	case "telapi-node":
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := node.Run(ctx, os.Args[1:], os.Stderr)
+		stop()
+		os.Exit(code)
 	}
 	os.Exit(m.Run())
 }
