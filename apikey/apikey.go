@@ -101,9 +101,20 @@ func Parse(s string) error {
 		}
 	}
 	body := s[:len(Prefix)+RandomLen]
-	var want [ChecksumLen]byte
-	putChecksum(want[:], checksum(body))
-	if string(want[:]) != s[len(body):] {
+	var got uint64 // the given checksum, decoded: no divisions
+	for i := len(body); i < Len; i++ {
+		c := s[i]
+		switch {
+		case c <= '9':
+			c -= '0'
+		case c <= 'Z':
+			c -= 'A' - 10
+		default:
+			c -= 'a' - 36
+		}
+		got = got*62 + uint64(c)
+	}
+	if got != uint64(checksum(body)) {
 		return ErrChecksum
 	}
 	return nil
@@ -133,17 +144,37 @@ func Random(key string) string {
 	return key[len(Prefix) : len(Prefix)+RandomLen]
 }
 
-// checksum is CRC-32 (IEEE) over a string. It is written out, table-driven,
-// because hash/crc32's optimised entry points make their argument escape,
-// which would cost Parse an allocation on the verify hot path.
+// checksum is CRC-32 (IEEE) over a string, slicing by 8. It is written
+// out because hash/crc32's entry points make their argument escape, which
+// would cost Parse an allocation on the verify hot path.
 func checksum(s string) uint32 {
-	tab := crc32.IEEETable
+	t := &crcTables
 	crc := ^uint32(0)
+	for len(s) >= 8 {
+		crc ^= uint32(s[0]) | uint32(s[1])<<8 | uint32(s[2])<<16 | uint32(s[3])<<24
+		crc = t[0][s[7]] ^ t[1][s[6]] ^ t[2][s[5]] ^ t[3][s[4]] ^
+			t[4][crc>>24] ^ t[5][crc>>16&0xff] ^ t[6][crc>>8&0xff] ^ t[7][crc&0xff]
+		s = s[8:]
+	}
 	for i := 0; i < len(s); i++ {
-		crc = tab[byte(crc)^s[i]] ^ crc>>8
+		crc = t[0][byte(crc)^s[i]] ^ crc>>8
 	}
 	return ^crc
 }
+
+// crcTables are the slicing-by-8 tables of CRC-32 (IEEE): constants,
+// computed once from hash/crc32's table.
+var crcTables = func() (t [8][256]uint32) {
+	t[0] = *crc32.IEEETable
+	for i := range 256 {
+		crc := t[0][i]
+		for j := 1; j < 8; j++ {
+			crc = t[0][crc&0xff] ^ crc>>8
+			t[j][i] = crc
+		}
+	}
+	return t
+}()
 
 func isBase62(c byte) bool {
 	return '0' <= c && c <= '9' || 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z'

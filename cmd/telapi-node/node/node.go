@@ -159,11 +159,10 @@ type Verifier interface {
 
 // problem writes an RFC 9457 problem with a stable code.
 func problem(c *fiber.Ctx, status int, code, detail string) error {
-	c.Set(fiber.HeaderContentType, "application/problem+json")
 	return c.Status(status).JSON(fiber.Map{
 		"type": "about:blank", "title": statusText(status),
 		"status": status, "detail": detail, "code": code,
-	})
+	}, "application/problem+json") // JSON would otherwise set application/json
 }
 
 func statusText(status int) string {
