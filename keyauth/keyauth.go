@@ -151,10 +151,10 @@ type Validator struct {
 	lastHeard atomic.Int64
 	// heardSeq is the last event sequence a heartbeat announced.
 	heardSeq atomic.Uint64
-	// resyncTo, when non-zero, is a sequence the node must apply before it
-	// answers VALID again (set after a reconnect).
-	resyncTo   atomic.Uint64
-	resyncing  atomic.Bool
+	// resync is 0 when current; after a reconnect it is awaitingHeartbeat,
+	// then the sequence the node must apply before it answers again. One
+	// word, so that a reconnect can never be lost to a concurrent clear.
+	resync     atomic.Uint64
 	reconnects atomic.Uint64
 	flushSeq   atomic.Uint64
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -68,7 +69,10 @@ func (v *Validator) start(ctx context.Context) error {
 		return err
 	}
 	v.reconnects.Store(v.nc.Stats().Reconnects)
-	v.every(runCtx, 50*time.Millisecond, func() { v.watchConnection() })
+	v.every(runCtx, 50*time.Millisecond, func() {
+		v.watchConnection()
+		v.resyncTarget(runCtx)
+	})
 	v.cfg.Log.Info("keyauth ready", "node", v.cfg.Name, "keys", v.st.keysCount.Load(), "event", v.Applied())
 	return nil
 }
@@ -188,6 +192,7 @@ func (v *Validator) onEvent(m jetstream.Msg) {
 		return
 	}
 	seq := md.Sequence.Stream
+	v.watchConnection() // notice a reconnect before this counts as fresh
 	v.lastHeard.Store(v.cfg.Now().UnixNano())
 	if seq <= v.Applied() {
 		return
@@ -213,28 +218,40 @@ func (v *Validator) onHeartbeat(m *nats.Msg) {
 	if err != nil {
 		return
 	}
+	v.watchConnection()
 	v.lastHeard.Store(v.cfg.Now().UnixNano())
 	if seq > v.heardSeq.Load() {
 		v.heardSeq.Store(seq)
 	}
-	if v.resyncing.Load() && v.resyncTo.Load() == 0 {
-		v.resyncTo.Store(max(seq, 1))
-	}
+	v.resync.CompareAndSwap(awaitingHeartbeat, max(seq, 1))
 }
+
+const awaitingHeartbeat = math.MaxUint64
 
 // watchConnection notices reconnects: until the validator has applied what
 // the first heartbeat after the reconnect announces, it is not current.
 func (v *Validator) watchConnection() {
-	if r := v.nc.Stats().Reconnects; r != v.reconnects.Load() {
-		v.reconnects.Store(r)
-		v.resyncTo.Store(0)
-		v.resyncing.Store(true)
-		v.cfg.Log.Info("keyauth: reconnected; catching up before answering VALID", "node", v.cfg.Name)
-	}
-	if v.resyncing.Load() {
-		if to := v.resyncTo.Load(); to != 0 && v.Applied() >= to {
-			v.resyncing.Store(false)
+	if r, seen := v.nc.Stats().Reconnects, v.reconnects.Load(); r != seen {
+		v.resync.Store(awaitingHeartbeat) // before the count: no caller sees one without the other
+		if v.reconnects.CompareAndSwap(seen, r) {
+			v.cfg.Log.Info("keyauth: reconnected; catching up before answering VALID", "node", v.cfg.Name)
 		}
+	}
+	if to := v.resync.Load(); to != 0 && to != awaitingHeartbeat && v.Applied() >= to {
+		v.resync.CompareAndSwap(to, 0)
+	}
+}
+
+// resyncTarget asks the stream, after a reconnect, how far it is: a
+// heartbeat handled late may have been sent before the cut.
+func (v *Validator) resyncTarget(ctx context.Context) {
+	if v.resync.Load() != awaitingHeartbeat {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if info, err := v.h.Events.Info(ctx); err == nil {
+		v.resync.CompareAndSwap(awaitingHeartbeat, max(info.State.LastSeq, 1))
 	}
 }
 
@@ -243,8 +260,11 @@ func (v *Validator) current(now time.Time) bool {
 	if v.cfg.FailOpen {
 		return true
 	}
-	if v.resyncing.Load() {
+	// lastHeard first: a refresh after a reconnect is stored after resync
+	// is set, so whoever sees the refresh sees the resync too.
+	heard := v.lastHeard.Load()
+	if v.resync.Load() != 0 {
 		return false
 	}
-	return now.UnixNano()-v.lastHeard.Load() <= int64(v.cfg.MaxStaleness)
+	return now.UnixNano()-heard <= int64(v.cfg.MaxStaleness)
 }
