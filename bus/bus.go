@@ -143,7 +143,8 @@ func Setup(ctx context.Context, js jetstream.JetStream, replicas int) (*Handles,
 		return nil, err
 	}
 	// Usage counts are advisory: flushed asynchronously, so a crash can
-	// forget the last few increments, never invent any.
+	// forget the last few increments; a flush retried after the 2-minute
+	// dedup window can count twice.
 	h.Usage, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:              UsageStream,
 		Description:       "successful verifications per team per UTC day (counters)",

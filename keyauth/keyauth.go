@@ -56,8 +56,8 @@ func (c Code) String() string {
 	return "UNKNOWN"
 }
 
-// Result is what Verify found. Team, KeyID and Scopes are set whenever the
-// key was found, even if it was refused.
+// Result is what Verify found. Team and KeyID are set whenever the key was
+// found, even if it was refused; Scopes once the team's config is known.
 type Result struct {
 	Code  Code
 	Team  string
@@ -147,7 +147,9 @@ type Validator struct {
 
 	st state
 
-	// lastHeard is when the heartbeat (or an event) last arrived, unix ns.
+	// lastHeard is when the validator last knew it was current, unix ns: a
+	// heartbeat or an event arrived and it had applied every event the
+	// heartbeats announced.
 	lastHeard atomic.Int64
 	// heardSeq is the last event sequence a heartbeat announced.
 	heardSeq atomic.Uint64
@@ -157,6 +159,9 @@ type Validator struct {
 	resync     atomic.Uint64
 	reconnects atomic.Uint64
 	flushSeq   atomic.Uint64
+
+	usageReady  chan struct{} // closed once today's counters are loaded
+	usageLoaded sync.Once
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -182,7 +187,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Validator, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &Validator{cfg: cfg, nc: nc, js: js, h: h}
+	v := &Validator{cfg: cfg, nc: nc, js: js, h: h, usageReady: make(chan struct{})}
 	v.st.init()
 	v.lastHeard.Store(cfg.Now().UnixNano())
 	if err := v.start(lctx); err != nil {

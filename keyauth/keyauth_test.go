@@ -469,3 +469,20 @@ func BenchmarkQuotaOvershoot3Nodes(b *testing.B) {
 		})
 	}
 }
+
+// A restarted node starts from today's count, not from zero.
+func TestRestartedNodeKeepsTodaysCount(t *testing.T) {
+	r := newRig(t)
+	r.configure("acme", true, []string{apps}, ptr[int64](10))
+	k := r.create("acme", apps)
+	a := r.validator(keyauth.Config{})
+	for range 10 {
+		expect(t, a, k.Plaintext, apps, keyauth.Valid)
+	}
+	a.Close() // flushes: the counter holds 10
+	b := r.validator(keyauth.Config{})
+	got := expect(t, b, k.Plaintext, apps, keyauth.RateLimited)
+	if got.RequestsToday != 10 {
+		t.Fatalf("restarted node counts %d", got.RequestsToday)
+	}
+}

@@ -193,7 +193,7 @@ func (v *Validator) onEvent(m jetstream.Msg) {
 	}
 	seq := md.Sequence.Stream
 	v.watchConnection() // notice a reconnect before this counts as fresh
-	v.lastHeard.Store(v.cfg.Now().UnixNano())
+	defer v.heard()
 	if seq <= v.Applied() {
 		return
 	}
@@ -219,11 +219,20 @@ func (v *Validator) onHeartbeat(m *nats.Msg) {
 		return
 	}
 	v.watchConnection()
-	v.lastHeard.Store(v.cfg.Now().UnixNano())
 	if seq > v.heardSeq.Load() {
 		v.heardSeq.Store(seq)
 	}
-	v.resync.CompareAndSwap(awaitingHeartbeat, max(seq, 1))
+	v.resync.CompareAndSwap(awaitingHeartbeat, seq)
+	v.heard()
+}
+
+// heard records that telkeys was heard from, if every event the heartbeats
+// announced is applied: heartbeats alone do not make a node whose event
+// stream stalled current.
+func (v *Validator) heard() {
+	if v.Applied() >= v.heardSeq.Load() {
+		v.lastHeard.Store(v.cfg.Now().UnixNano())
+	}
 }
 
 const awaitingHeartbeat = math.MaxUint64
@@ -237,13 +246,13 @@ func (v *Validator) watchConnection() {
 			v.cfg.Log.Info("keyauth: reconnected; catching up before answering VALID", "node", v.cfg.Name)
 		}
 	}
-	if to := v.resync.Load(); to != 0 && to != awaitingHeartbeat && v.Applied() >= to {
+	if to := v.resync.Load(); to != awaitingHeartbeat && v.Applied() >= to {
 		v.resync.CompareAndSwap(to, 0)
 	}
 }
 
-// resyncTarget asks the stream, after a reconnect, how far it is: a
-// heartbeat handled late may have been sent before the cut.
+// resyncTarget asks the stream, after a reconnect, how far it is, in case
+// no heartbeat comes (another telkeys instance may be the one publishing).
 func (v *Validator) resyncTarget(ctx context.Context) {
 	if v.resync.Load() != awaitingHeartbeat {
 		return
@@ -251,7 +260,7 @@ func (v *Validator) resyncTarget(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	if info, err := v.h.Events.Info(ctx); err == nil {
-		v.resync.CompareAndSwap(awaitingHeartbeat, max(info.State.LastSeq, 1))
+		v.resync.CompareAndSwap(awaitingHeartbeat, info.State.LastSeq)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,6 +43,9 @@ type usageCounter struct {
 	carry *flushReq
 	// kick asks the flusher to flush now (shared by all counters).
 	kick chan struct{}
+	// nextDay and nextTotal are a total seen for a day this node's clock
+	// has not reached yet.
+	nextDay, nextTotal int64
 }
 
 type flushReq struct {
@@ -90,16 +94,26 @@ func (c *usageCounter) rollover(day int64) {
 		c.carry = &flushReq{day: c.day, n: c.pending}
 	}
 	c.day, c.global, c.inflight, c.pending = day, 0, 0, 0
+	if c.nextDay == day {
+		c.global = c.nextTotal
+	}
 }
 
 // observe records a total reported by the counter stream. While this node
 // has a flush in flight the report may or may not include it, so it is
-// ignored: the flush's own acknowledgement carries the total.
-func (c *usageCounter) observe(day, total int64) {
+// ignored: the flush's acknowledgement (or, for a duplicate, a read of the
+// counter) brings the total. A total for a later day than this node's clock
+// (another node's clock runs ahead) is kept for when this node gets there.
+func (c *usageCounter) observe(today, day, total int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.rollover(day)
-	if day == c.day && c.inflight == 0 && total > c.global {
+	c.rollover(today)
+	switch {
+	case day > c.day:
+		if day > c.nextDay || total > c.nextTotal {
+			c.nextDay, c.nextTotal = day, total
+		}
+	case day == c.day && c.inflight == 0 && total > c.global:
 		c.global = total
 	}
 }
@@ -113,6 +127,13 @@ func (v *Validator) startUsage(ctx, runCtx context.Context) error {
 	if err != nil {
 		return err
 	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return err
+	}
+	if info.NumPending == 0 {
+		v.usageLoaded.Do(func() { close(v.usageReady) })
+	}
 	cc, err := cons.Consume(v.onUsage)
 	if err != nil {
 		return err
@@ -123,6 +144,13 @@ func (v *Validator) startUsage(ctx, runCtx context.Context) error {
 		<-runCtx.Done()
 		cc.Stop()
 	}()
+	// Start from today's counts, not from zero: a restarted node must not
+	// grant a team's quota again.
+	select {
+	case <-v.usageReady:
+	case <-ctx.Done():
+		return fmt.Errorf("keyauth: loading usage counters: %w", ctx.Err())
+	}
 	v.wg.Add(1)
 	go func() {
 		defer v.wg.Done()
@@ -153,15 +181,21 @@ func (v *Validator) onUsage(m jetstream.Msg) {
 	if err != nil {
 		return
 	}
-	var body struct{ Val string }
-	if json.Unmarshal(m.Data(), &body) != nil {
-		return
-	}
-	total, err := strconv.ParseInt(body.Val, 10, 64)
+	total, err := strconv.ParseInt(counterValue(m.Data()), 10, 64)
 	if err != nil {
 		return
 	}
-	v.st.team(rest[:i]).usage.observe(dayOf(day), total)
+	v.st.team(rest[:i]).usage.observe(dayOf(v.cfg.Now()), dayOf(day), total)
+	if md, err := m.Metadata(); err == nil && md.NumPending == 0 {
+		v.usageLoaded.Do(func() { close(v.usageReady) })
+	}
+}
+
+// counterValue reads a counter message's body, {"val":"N"}.
+func counterValue(data []byte) string {
+	var body struct{ Val string }
+	_ = json.Unmarshal(data, &body)
+	return body.Val
 }
 
 // flushUsage sends each team's unflushed count as one increment. A count
@@ -192,6 +226,13 @@ func (v *Validator) flushUsage(ctx context.Context) {
 		msg.Header.Set("Nats-Incr", "+"+strconv.FormatInt(req.n, 10))
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		ack, err := v.js.PublishMsg(pctx, msg, jetstream.WithMsgID(req.msgID))
+		if err == nil && ack.Value == "" {
+			// A duplicate (a retry of a flush that had landed) carries no
+			// value: read the counter instead.
+			if m, gerr := v.h.Usage.GetLastMsgForSubject(pctx, msg.Subject); gerr == nil {
+				ack.Value = counterValue(m.Data)
+			}
+		}
 		cancel()
 		c.mu.Lock()
 		defer c.mu.Unlock()

@@ -234,7 +234,7 @@ func gate(v Verifier, scope string) fiber.Handler {
 			return problem(c, 401, "missing_api_key", "send an API key in Authorization: Bearer or X-API-Key")
 		}
 		r := v.Verify(key, scope)
-		if r.Limit >= 0 {
+		if r.Limit >= 0 && (r.Code == keyauth.Valid || r.Code == keyauth.RateLimited) {
 			reset := secondsToUTCMidnight(time.Now())
 			c.Set("RateLimit-Policy", fmt.Sprintf(`"daily";q=%d;w=86400`, r.Limit))
 			c.Set("RateLimit", fmt.Sprintf(`"daily";r=%d;t=%d`, max(r.Limit-r.RequestsToday, 0), reset))

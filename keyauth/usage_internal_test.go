@@ -1,0 +1,106 @@
+package keyauth
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/telapi/telkeys/apikey"
+	"github.com/telapi/telkeys/bus"
+	"github.com/telapi/telkeys/bus/bustest"
+	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/events"
+	"github.com/telapi/telkeys/projections"
+)
+
+type usageRig struct {
+	h    *bus.Handles
+	cmds *commands.Handler
+	js   jetstream.JetStream
+	nc   *nats.Conn
+	ns   any
+}
+
+func usageSetup(t *testing.T, limit *int64) (*usageRig, commands.CreatedKey) {
+	ns, nc, h := bustest.Setup(t)
+	js, _ := jetstream.New(nc)
+	cmds, err := commands.New(commands.Config{JS: js, Events: h.Events, Snapshots: h.Snapshots})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, _ := projections.NewTracker(context.Background(), h)
+	p := projections.NewProjector(h, js, nc, tr, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = p.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	admin := events.Actor{Subject: "root", Role: "superadmin"}
+	if _, _, err := cmds.ConfigureTeamAccess(ctx, admin, "acme", commands.AccessConfig{Enabled: true, AllowedScopes: []string{apikey.ScopeReadTeamApps}, MaxKeys: 10, MaxRequestsPerDay: limit}); err != nil {
+		t.Fatal(err)
+	}
+	k, err := cmds.CreateKey(ctx, events.Actor{Subject: "m", Role: "member"}, "acme", "k", []string{apikey.ScopeReadTeamApps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &usageRig{h: h, cmds: cmds, js: js, nc: nc, ns: ns}, k
+}
+
+// A flush whose ack was lost but which was stored is retried with the same
+// Nats-Msg-Id; the duplicate ack carries no "val", so the node must read the
+// counter, or it forgets the flushed count and exceeds the daily limit.
+func TestRetriedFlushKeepsItsCount(t *testing.T) {
+	limit := int64(100)
+	r, k := usageSetup(t, &limit)
+	nc, err := nats.Connect(r.nc.ConnectedUrl())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	v, err := New(context.Background(), nc, Config{UsageFlush: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	c := &v.st.team("acme").usage
+	c.mu.Lock()
+	c.kick = nil // no early flushes: this test drives flushUsage itself
+	c.mu.Unlock()
+	valid := 0
+	for range 50 {
+		if v.Verify(k.Plaintext, apikey.ScopeReadTeamApps).Valid() {
+			valid++
+		}
+	}
+	// Flush #1: stored, but its ack is lost (what flushUsage does, by hand).
+	c.mu.Lock()
+	req := &flushReq{day: c.day, n: c.pending, msgID: "lost-ack-1"}
+	c.inflight, c.pending = c.pending, 0
+	c.mu.Unlock()
+	m := nats.NewMsg(bus.UsageSubject("acme", dayTime(req.day)))
+	m.Header.Set("Nats-Incr", "+50")
+	if _, err := r.js.PublishMsg(context.Background(), m, jetstream.WithMsgID(req.msgID)); err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	c.retry = req // as after a publish timeout
+	c.mu.Unlock()
+	v.flushUsage(context.Background()) // retry: duplicate ack, no val
+	c.mu.Lock()
+	t.Logf("after retry: global=%d inflight=%d pending=%d", c.global, c.inflight, c.pending)
+	c.mu.Unlock()
+	for range 200 {
+		if v.Verify(k.Plaintext, apikey.ScopeReadTeamApps).Valid() {
+			valid++
+		}
+	}
+	v.flushUsage(context.Background())
+	last, _ := r.h.Usage.GetLastMsgForSubject(context.Background(), bus.UsageSubject("acme", dayTime(req.day)))
+	t.Logf("VALID answers: %d (limit %d); stream counter: %s", valid, limit, last.Data)
+	if valid > int(limit) {
+		t.Errorf("single node exceeded the daily limit: %d > %d", valid, limit)
+	}
+}
