@@ -1,0 +1,99 @@
+package audit
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/events"
+)
+
+// State is what was true at a moment: computed by replaying every event up
+// to it through the same state types the commands use.
+type State struct {
+	At     time.Time   `json:"at"`
+	Seq    uint64      `json:"seq"` // the last event applied
+	WebRTC bool        `json:"webrtc"`
+	Teams  []TeamState `json:"teams"`
+}
+
+// TeamState is one team at that moment.
+type TeamState struct {
+	Team              string     `json:"team"`
+	Enabled           bool       `json:"enabled"`
+	AllowedScopes     []string   `json:"allowed_scopes"`
+	MaxKeys           int        `json:"max_keys"`
+	MaxRequestsPerDay *int64     `json:"max_requests_per_day"`
+	Keys              []KeyState `json:"keys"`
+}
+
+// KeyState is a key active at that moment.
+type KeyState struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Scopes    []string  `json:"scopes"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// StateAt replays the events stored up to at (all of them if at is zero),
+// optionally of one team, and returns the state they produce.
+func StateAt(ctx context.Context, js jetstream.JetStream, stream string, at time.Time, team string) (State, error) {
+	teams := map[string]*commands.TeamState{}
+	platform := commands.NewPlatformState()
+	st := State{At: at}
+	err := Replay(ctx, js, Filter{Stream: stream, Until: at}, func(e Event) error {
+		env := e.Envelope
+		if !at.IsZero() && env.Time.After(at) {
+			return nil
+		}
+		p, err := env.Decode()
+		if err != nil {
+			return nil // a type this binary does not know changes no state it knows
+		}
+		st.Seq = e.Seq
+		if env.Aggregate == events.PlatformAggregate {
+			platform.Apply(env, p)
+			return nil
+		}
+		name, ok := events.TeamOf(env.Aggregate)
+		if !ok || (team != "" && name != team) {
+			return nil
+		}
+		t := teams[name]
+		if t == nil {
+			t = commands.NewTeamState()
+			teams[name] = t
+		}
+		t.Apply(env, p)
+		return nil
+	}, nil)
+	if err != nil {
+		return st, err
+	}
+	st.WebRTC = platform.WebRTC()
+	st.Teams = []TeamState{}
+	for name, t := range teams {
+		ts := TeamState{
+			Team: name, Enabled: t.Config.Enabled, AllowedScopes: nonNil(t.Config.AllowedScopes),
+			MaxKeys: t.Config.MaxKeys, MaxRequestsPerDay: t.Config.MaxRequestsPerDay, Keys: []KeyState{},
+		}
+		for _, k := range t.Keys {
+			ts.Keys = append(ts.Keys, KeyState{ID: k.ID, Name: k.Name, Scopes: nonNil(k.Scopes), CreatedAt: k.CreatedAt})
+		}
+		slices.SortFunc(ts.Keys, func(a, b KeyState) int { return a.CreatedAt.Compare(b.CreatedAt) })
+		st.Teams = append(st.Teams, ts)
+	}
+	slices.SortFunc(st.Teams, func(a, b TeamState) int {
+		if a.Team < b.Team {
+			return -1
+		}
+		if a.Team > b.Team {
+			return 1
+		}
+		return 0
+	})
+	return st, nil
+}
