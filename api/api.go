@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/telapi/telkeys/apikey"
+	"github.com/telapi/telkeys/audit"
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/commands"
 	"github.com/telapi/telkeys/events"
@@ -56,6 +57,11 @@ type Projection interface {
 	Wait(ctx context.Context, seq uint64) error
 }
 
+// AuditLog reads the event history.
+type AuditLog interface {
+	Page(ctx context.Context, f audit.Filter) ([]audit.View, error)
+}
+
 // Verifier is the server's own validator (package keyauth).
 type Verifier interface {
 	Verify(key, scope string) keyauth.Result
@@ -69,6 +75,7 @@ type Config struct {
 	Queries    Queries
 	Projection Projection
 	Verifier   Verifier
+	Audit      AuditLog
 	Auth       *auth.Authority
 	// Ready reports why the service cannot serve yet, or nil.
 	Ready   func(context.Context) error
@@ -84,7 +91,7 @@ type Config struct {
 func (c Config) Validate() error {
 	var errs []error
 	for name, missing := range map[string]bool{
-		"Commands": c.Commands == nil, "Queries": c.Queries == nil, "Projection": c.Projection == nil, "Verifier": c.Verifier == nil,
+		"Commands": c.Commands == nil, "Queries": c.Queries == nil, "Projection": c.Projection == nil, "Verifier": c.Verifier == nil, "Audit": c.Audit == nil,
 		"Auth": c.Auth == nil, "Ready": c.Ready == nil, "Metrics": c.Metrics == nil,
 		"Gatherer": c.Gatherer == nil, "Log": c.Log == nil,
 	} {
@@ -144,6 +151,7 @@ func New(cfg Config) (*Server, error) {
 	v1.Post("/teams/:team/api-keys", s.createKey)
 	v1.Delete("/teams/:team/api-keys/:id", s.deleteKey)
 	v1.Post("/keys/verify", s.verify)
+	v1.Get("/audit/events", s.auditEvents)
 	return s, nil
 }
 

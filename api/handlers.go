@@ -5,14 +5,17 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"strconv"
 	"time"
 	"unicode/utf8"
 
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/telapi/telkeys/apikey"
+	"github.com/telapi/telkeys/audit"
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/events"
 	"github.com/telapi/telkeys/keyauth"
 	"github.com/telapi/telkeys/projections"
 )
@@ -343,4 +346,53 @@ func (s *Server) verify(c *fiber.Ctx) error {
 	}
 	c.Set(fiber.HeaderCacheControl, "no-store")
 	return c.JSON(out)
+}
+
+// auditEvents pages through the history by stream sequence.
+func (s *Server) auditEvents(c *fiber.Ctx) error {
+	if _, err := allow(c, auth.RoleAuditor, auth.RoleSuperadmin); err != nil {
+		return err
+	}
+	f := audit.Filter{Limit: 100}
+	if team := c.Query("team"); team != "" {
+		if !commands.ValidTeamID(team) {
+			return badRequest("team must be 1-64 characters of A-Z a-z 0-9 _ -")
+		}
+		f.Team = team
+	}
+	if t := c.Query("type"); t != "" {
+		switch events.Type(t) {
+		case events.TypePlatformFlagSet, events.TypeTeamAccessConfigured, events.TypeKeyCreated, events.TypeKeyDeleted:
+			f.Type = events.Type(t)
+		default:
+			return badRequest("type must be PlatformFlagSet, TeamAccessConfigured, KeyCreated or KeyDeleted")
+		}
+	}
+	var err error
+	if v := c.Query("after"); v != "" {
+		if f.After, err = strconv.ParseUint(v, 10, 64); err != nil {
+			return badRequest("after must be a stream sequence (a non-negative integer)")
+		}
+	}
+	if v := c.Query("limit"); v != "" {
+		if f.Limit, err = strconv.Atoi(v); err != nil || f.Limit < 1 || f.Limit > 1000 {
+			return badRequest("limit must be between 1 and 1000")
+		}
+	}
+	for name, into := range map[string]*time.Time{"since": &f.Since, "until": &f.Until} {
+		if v := c.Query(name); v != "" {
+			if *into, err = time.Parse(time.RFC3339Nano, v); err != nil {
+				return badRequest(name + " must be an RFC 3339 time")
+			}
+		}
+	}
+	page, err := s.cfg.Audit.Page(c.UserContext(), f)
+	if err != nil {
+		return err
+	}
+	var next *uint64
+	if len(page) == f.Limit {
+		next = &page[len(page)-1].Seq
+	}
+	return c.JSON(fiber.Map{"events": page, "next": next})
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/telapi/telkeys/audit"
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/commands"
 	"github.com/telapi/telkeys/events"
@@ -67,6 +68,12 @@ func (stubVerifier) Verify(string, string) keyauth.Result      { panic("stub: Ve
 func (stubVerifier) Usage(string) (int64, int64)               { panic("stub: Usage called") }
 func (stubVerifier) WaitApplied(context.Context, uint64) error { panic("stub: WaitApplied called") }
 
+type stubAudit struct{}
+
+func (stubAudit) Page(context.Context, audit.Filter) ([]audit.View, error) {
+	panic("stub: Page called")
+}
+
 type stubProjection struct{}
 
 func (stubProjection) Wait(context.Context, uint64) error { panic("stub: Wait called") }
@@ -90,6 +97,7 @@ func newRouteOnlyServer(t *testing.T) *Server {
 		Queries:    stubQueries{},
 		Projection: stubProjection{},
 		Verifier:   stubVerifier{},
+		Audit:      stubAudit{},
 		Auth:       a,
 		Ready:      func(context.Context) error { return nil },
 		Metrics:    NewMetrics(reg),

@@ -193,3 +193,13 @@ func nonNil(s []string) []string {
 	}
 	return s
 }
+
+// Log reads pages of the history, for the API.
+type Log struct{ JS jetstream.JetStream }
+
+// Page returns up to f.Limit events after f.After that match f.
+func (l Log) Page(ctx context.Context, f Filter) ([]View, error) {
+	out := []View{}
+	err := Replay(ctx, l.JS, f, func(e Event) error { out = append(out, ViewOf(e)); return nil }, nil)
+	return out, err
+}

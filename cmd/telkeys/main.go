@@ -2,6 +2,7 @@
 //
 //	telkeys serve   run the service (embedded NATS by default)
 //	telkeys token   mint a bearer token for local use and tests
+//	telkeys audit   replay, verify and reconstruct the history
 //
 // Every flag can also be set with a TELKEYS_* environment variable; a flag
 // on the command line wins.
@@ -32,6 +33,8 @@ Usage:
   telkeys serve [flags]   run the service; with no flags it starts an embedded
                           NATS server with its data in ./data and the HTTP API on :8080
   telkeys token [flags]   print a bearer token signed with the service's secret
+  telkeys audit events|verify|state [flags]
+                          replay, verify and reconstruct the event history (read only)
 
 Run "telkeys <command> --help" for the flags of a command. Every flag can also
 be set with an environment variable: --data-dir is TELKEYS_DATA_DIR, and so on.
@@ -49,6 +52,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = serveCmd(ctx, args[1:], stderr)
 	case "token":
 		err = tokenCmd(args[1:], stdout, stderr)
+	case "audit":
+		err = auditCmd(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -63,6 +68,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, errUsage):
 		return 2
+	case errors.Is(err, errBroken):
+		return 1
 	default:
 		fmt.Fprintf(stderr, "telkeys %s: %v\n", args[0], err)
 		return 1

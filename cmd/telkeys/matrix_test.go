@@ -40,6 +40,7 @@ func TestRoleEndpointTeamMatrix(t *testing.T) {
 		{"PUT", "/v1/teams/team-a/api-access", sameConfig, nil, 200, []string{"superadmin"}},
 		{"GET", "/v1/teams/team-a/api-keys", nil, nil, 200, []string{"superadmin", "auditor", "member-a"}},
 		{"POST", "/v1/teams/team-a/api-keys", newKey, nil, 201, []string{"member-a"}},
+		{"GET", "/v1/audit/events", nil, nil, 200, []string{"superadmin", "auditor"}},
 		{"POST", "/v1/keys/verify", map[string]any{"key": "tk_x", "scope": "READ_TEAM_APPS"}, nil, 200, []string{"superadmin", "node"}},
 		{"DELETE", "", nil, func() string {
 			return "/v1/teams/team-a/api-keys/" + s.createKey("team-a", "to delete")["id"].(string)

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/telapi/telkeys/api"
+	"github.com/telapi/telkeys/audit"
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/commands"
@@ -248,7 +249,7 @@ func Start(ctx context.Context, cfg ServeConfig, log *slog.Logger) (svc *Service
 		return nil, err
 	}
 	svc.api, err = api.New(api.Config{
-		Commands: cmds, Queries: projections.NewReadModel(h), Projection: tracker, Verifier: svc.validator, Auth: authority,
+		Commands: cmds, Queries: projections.NewReadModel(h), Projection: tracker, Verifier: svc.validator, Audit: audit.Log{JS: js}, Auth: authority,
 		Metrics: metrics, Gatherer: reg, Log: log,
 		Ready: func(ctx context.Context) error {
 			if !svc.nc.IsConnected() {

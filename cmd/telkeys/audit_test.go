@@ -1,0 +1,104 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/telapi/telkeys/auth"
+)
+
+func TestAuditEndpoint(t *testing.T) {
+	s := startService(t)
+	s.enableTeam("acme", 5)
+	s.enableTeam("beta", 5)
+	k := s.createKey("acme", "k")
+	aud := s.token(auth.RoleAuditor, "")
+
+	r := s.do("GET", "/v1/audit/events", aud, nil)
+	if r.status != 200 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	body := r.json(t)
+	evs := body["events"].([]any)
+	if len(evs) != 3 || body["next"] != nil {
+		t.Fatalf("all events: %s", r.body)
+	}
+	created := evs[2].(map[string]any)
+	if created["seq"] != 3.0 || created["type"] != "KeyCreated" || created["team"] != "acme" ||
+		created["payload"].(map[string]any)["key_id"] != k["id"] || created["actor"].(map[string]any)["role"] != "member" {
+		t.Fatalf("event %v", created)
+	}
+	if strings.Contains(string(r.body), k["key"].(string)) {
+		t.Fatal("the audit log shows a plaintext key")
+	}
+	// Paging by sequence.
+	r = s.do("GET", "/v1/audit/events?limit=2", aud, nil)
+	if p := r.json(t); len(p["events"].([]any)) != 2 || p["next"] != 2.0 {
+		t.Fatalf("first page %s", r.body)
+	}
+	r = s.do("GET", "/v1/audit/events?limit=2&after=2", s.token(auth.RoleSuperadmin, ""), nil)
+	if p := r.json(t); len(p["events"].([]any)) != 1 || p["events"].([]any)[0].(map[string]any)["seq"] != 3.0 {
+		t.Fatalf("second page %s", r.body)
+	}
+	r = s.do("GET", "/v1/audit/events?team=beta", aud, nil)
+	if p := r.json(t); len(p["events"].([]any)) != 1 {
+		t.Fatalf("team filter %s", r.body)
+	}
+	r = s.do("GET", "/v1/audit/events?until=2000-01-01T00:00:00Z", aud, nil)
+	if p := r.json(t); len(p["events"].([]any)) != 0 {
+		t.Fatalf("until filter %s", r.body)
+	}
+	for _, q := range []string{"limit=0", "limit=1001", "after=-1", "team=a.b", "since=yesterday", "type=Nope"} {
+		expectProblem(t, s.do("GET", "/v1/audit/events?"+q, aud, nil), 400, "invalid_request")
+	}
+	expectProblem(t, s.do("GET", "/v1/audit/events", "", nil), 401, "unauthorized")
+	for _, role := range []auth.Role{auth.RoleNode} {
+		expectProblem(t, s.do("GET", "/v1/audit/events", s.token(role, ""), nil), 403, "forbidden")
+	}
+	expectProblem(t, s.do("GET", "/v1/audit/events", s.token(auth.RoleMember, "acme"), nil), 403, "forbidden")
+}
+
+func TestAuditCommands(t *testing.T) {
+	s := startService(t)
+	s.enableTeam("acme", 5)
+	k := s.createKey("acme", "k")
+	between := time.Now().UTC()
+	if r := s.do("DELETE", "/v1/teams/acme/api-keys/"+k["id"].(string), s.token(auth.RoleMember, "acme"), nil); r.status != 204 {
+		t.Fatalf("delete %d", r.status)
+	}
+	cli := func(args ...string) (int, string) {
+		var out, errOut bytes.Buffer
+		code := run(context.Background(), append(args, "--nats-url", s.NATSURL), &out, &errOut)
+		return code, out.String() + errOut.String()
+	}
+	if code, out := cli("audit", "verify"); code != 0 || !strings.Contains(out, "intact: 3 events") {
+		t.Fatalf("verify: %d %s", code, out)
+	}
+	code, out := cli("audit", "events", "--format", "jsonl")
+	if code != 0 || strings.Count(out, "\n") != 3 {
+		t.Fatalf("events: %d %s", code, out)
+	}
+	var first map[string]any
+	if err := json.Unmarshal([]byte(strings.SplitN(out, "\n", 2)[0]), &first); err != nil || first["type"] != "TeamAccessConfigured" {
+		t.Fatalf("first jsonl line: %v %v", first, err)
+	}
+	if code, out := cli("audit", "events", "--format", "csv", "--type", "KeyDeleted"); code != 0 || strings.Count(out, "\n") != 2 || !strings.Contains(out, "KeyDeleted") {
+		t.Fatalf("csv: %d %s", code, out)
+	}
+	if code, out := cli("audit", "state", "--at", between.Format(time.RFC3339Nano), "--format", "json"); code != 0 || !strings.Contains(out, k["id"].(string)) {
+		t.Fatalf("state between create and delete: %d %s", code, out)
+	}
+	if code, out := cli("audit", "state", "--at", time.Now().UTC().Format(time.RFC3339Nano)); code != 0 || strings.Contains(out, k["id"].(string)) {
+		t.Fatalf("state now: %d %s", code, out)
+	}
+	if code, _ := cli("audit", "events", "--format", "xml"); code == 0 {
+		t.Fatal("a bad format succeeded")
+	}
+	if code, _ := cli("audit", "state"); code == 0 {
+		t.Fatal("state without --at succeeded")
+	}
+}
