@@ -8,7 +8,7 @@ import (
 )
 
 func TestClusterConfigsAreValidAndDurable(t *testing.T) {
-	files, err := filepath.Glob("nats/*.conf")
+	files, err := filepath.Glob("nats/n*.conf")
 	if err != nil || len(files) != 3 {
 		t.Fatalf("want 3 node configs, got %v (%v)", files, err)
 	}
