@@ -60,10 +60,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, f Filter, fn func(Event
 	if info.State.Msgs == 0 || f.After >= last {
 		return nil
 	}
-	cfg := jetstream.OrderedConsumerConfig{}
-	if len(info.Config.Subjects) > 0 {
-		cfg.FilterSubjects = info.Config.Subjects
-	}
+	cfg := jetstream.OrderedConsumerConfig{} // no filter: counting a wildcard's pending messages is slow
 	if f.Team != "" {
 		cfg.FilterSubjects = []string{subjectIn(info.Config.Subjects, events.TeamAggregate(f.Team))}
 	}
