@@ -10,7 +10,7 @@ build:
 	$(GO) build -o bin/telapi-node ./cmd/telapi-node
 
 run: build
-	$(BIN) serve --data-dir $(DATA) --log-format text
+	$(BIN) serve --data-dir $(DATA) --log-format text --dev-login
 
 # Every test, with the race detector. Fuzz targets run their seed corpora.
 test:

@@ -7,10 +7,12 @@ package api
 import (
 	"bytes"
 	"context"
-	_ "embed"
+	"embed"
 	"encoding/json"
 	"errors"
+	"io/fs"
 	"log/slog"
+	"path"
 	"strings"
 	"time"
 
@@ -34,6 +36,11 @@ const BodyLimit = 1 << 20
 
 //go:embed openapi.json
 var openAPIDoc []byte
+
+// uiFiles is the web UI: plain HTML, CSS and JS modules, served at /.
+//
+//go:embed ui
+var uiFiles embed.FS
 
 // Commands is what the API asks of the write side.
 type Commands interface {
@@ -85,6 +92,9 @@ type Config struct {
 	Log      *slog.Logger
 	// Now is the clock for requests_today and similar; tests inject theirs.
 	Now func() time.Time
+	// DevLogin lets anyone get a token for any role from GET /v1/dev/token.
+	// For local development only.
+	DevLogin bool
 }
 
 // Validate reports every missing dependency at once.
@@ -133,6 +143,7 @@ func New(cfg Config) (*Server, error) {
 		},
 	})
 	s.app.Use(s.observe)
+	s.app.Use(s.ui)
 	s.app.Get("/healthz", s.healthz)
 	s.app.Get("/readyz", s.readyz)
 	s.app.Get("/metrics", adaptor.HTTPHandler(promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})))
@@ -141,6 +152,9 @@ func New(cfg Config) (*Server, error) {
 		return c.Send(openAPIDoc)
 	})
 
+	// Public /v1 routes come before the group that authenticates the rest.
+	s.app.Get("/v1/ui-config", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"dev_login": cfg.DevLogin}) })
+	s.app.Get("/v1/dev/token", s.devToken)
 	v1 := s.app.Group("/v1", s.authenticate)
 	v1.Get("/platform/flags", s.getFlags)
 	v1.Put("/platform/flags/webrtc", s.putWebRTC)
@@ -218,6 +232,49 @@ func redactKeys(s string) string {
 		}
 		s = s[j:]
 	}
+}
+
+// ui serves the embedded web UI for GET requests that name one of its
+// files ("/" is index.html), and passes everything else on.
+func (s *Server) ui(c *fiber.Ctx) error {
+	if c.Method() != fiber.MethodGet && c.Method() != fiber.MethodHead {
+		return c.Next()
+	}
+	name := strings.TrimPrefix(c.Path(), "/")
+	if name == "" {
+		name = "index.html"
+	}
+	if strings.Contains(name, "..") || strings.HasPrefix(name, "v1/") {
+		return c.Next()
+	}
+	b, err := fs.ReadFile(uiFiles, "ui/"+name)
+	if err != nil {
+		return c.Next()
+	}
+	c.Type(strings.TrimPrefix(path.Ext(name), "."), "utf-8")
+	c.Set(fiber.HeaderCacheControl, "no-cache")
+	c.Set("X-Content-Type-Options", "nosniff")
+	c.Set("Referrer-Policy", "no-referrer")
+	c.Set(fiber.HeaderContentSecurityPolicy, "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+	return c.Send(b)
+}
+
+// devToken mints a token for any role, when --dev-login is on.
+func (s *Server) devToken(c *fiber.Ctx) error {
+	if !s.cfg.DevLogin {
+		return fiber.ErrNotFound
+	}
+	role := auth.Role(c.Query("role"))
+	team := c.Query("team")
+	if role != auth.RoleMember {
+		team = ""
+	}
+	tok, err := s.cfg.Auth.Mint(auth.Claims{Subject: "dev-" + string(role), Role: role, Team: team}, 8*time.Hour)
+	if err != nil {
+		return badRequest("role must be superadmin, auditor, member or node, and a member needs a valid team")
+	}
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.JSON(fiber.Map{"token": tok})
 }
 
 func (s *Server) healthz(c *fiber.Ctx) error {

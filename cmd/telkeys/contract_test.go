@@ -229,6 +229,28 @@ func TestContract(t *testing.T) {
 		s.createKey("acme", "replacement")
 	})
 
+	t.Run("web UI and its sign-in", func(t *testing.T) {
+		r := s.do("GET", "/", "", nil)
+		if r.status != 200 || !strings.Contains(string(r.body), "<html") || !strings.HasPrefix(r.header.Get("Content-Type"), "text/html") ||
+			!strings.Contains(r.header.Get("Content-Security-Policy"), "default-src 'self'") {
+			t.Fatalf("UI: %d %v", r.status, r.header)
+		}
+		if r := s.do("GET", "/v1/ui-config", "", nil); r.status != 200 || r.json(t)["dev_login"] != false {
+			t.Fatalf("ui-config: %d %s", r.status, r.body)
+		}
+		expectProblem(t, s.do("GET", "/v1/dev/token?role=superadmin", "", nil), 404, "not_found")
+		dev := startService(t, func(c *ServeConfig) { c.DevLogin = true })
+		r = dev.do("GET", "/v1/dev/token?role=member&team=acme", "", nil)
+		if r.status != 200 {
+			t.Fatalf("dev token: %d %s", r.status, r.body)
+		}
+		if r := dev.do("GET", "/v1/teams/acme/api-access", r.json(t)["token"].(string), nil); r.status != 200 {
+			t.Fatalf("dev token rejected: %d", r.status)
+		}
+		expectProblem(t, dev.do("GET", "/v1/dev/token?role=member", "", nil), 400, "invalid_request")
+		expectProblem(t, dev.do("GET", "/v1/dev/token?role=root", "", nil), 400, "invalid_request")
+	})
+
 	t.Run("health, readiness, metrics, openapi", func(t *testing.T) {
 		for _, p := range []string{"/healthz", "/readyz", "/metrics", "/openapi.json"} {
 			if r := s.do("GET", p, "", nil); r.status != 200 {

@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/bus/bustest"
 	"github.com/telapi/telkeys/cmd/telapi-node/node"
 	"github.com/telapi/telkeys/commands"
 )
@@ -112,20 +113,14 @@ func startService(t testing.TB, mods ...func(*ServeConfig)) *testService {
 
 func (s *testService) waitReady() {
 	s.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	bustest.Eventually(s.t, 30*time.Second, "GET /readyz answers 200", func() bool {
 		res, err := http.Get(s.base + "/readyz")
-		if err == nil {
-			res.Body.Close()
-			if res.StatusCode == 200 {
-				return
-			}
+		if err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("not ready within 30s: %v", err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		res.Body.Close()
+		return res.StatusCode == 200
+	})
 }
 
 // token mints a token for role (and team for members).

@@ -38,6 +38,7 @@ type ServeConfig struct {
 	AuthSecret string
 	LogFormat  string
 	LogLevel   string
+	DevLogin   bool
 }
 
 // Validate reports every problem at once.
@@ -78,6 +79,7 @@ func serveFlags(fs *flag.FlagSet) *ServeConfig {
 	fs.StringVar(&c.AuthSecret, "auth-secret", "", "HS256 secret for bearer tokens, at least 32 bytes; if empty, one is generated once into --data-dir")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&c.DevLogin, "dev-login", false, "DEVELOPMENT ONLY: let anyone sign in to the web UI as any role and team, without a token")
 	return c
 }
 
@@ -250,7 +252,7 @@ func Start(ctx context.Context, cfg ServeConfig, log *slog.Logger) (svc *Service
 	}
 	svc.api, err = api.New(api.Config{
 		Commands: cmds, Queries: projections.NewReadModel(h), Projection: tracker, Verifier: svc.validator, Audit: audit.Log{JS: js}, Auth: authority,
-		Metrics: metrics, Gatherer: reg, Log: log,
+		Metrics: metrics, Gatherer: reg, Log: log, DevLogin: cfg.DevLogin,
 		Ready: func(ctx context.Context) error {
 			if !svc.nc.IsConnected() {
 				return errors.New("not connected to NATS")
@@ -272,6 +274,9 @@ func Start(ctx context.Context, cfg ServeConfig, log *slog.Logger) (svc *Service
 	}
 	svc.HTTPAddr = ln.Addr().String()
 	go func() { svc.httpErr <- svc.api.App().Listener(api.Linger(ln)) }()
+	if cfg.DevLogin {
+		log.Warn("!!! --dev-login is ON: anyone who can reach " + svc.HTTPAddr + " can sign in as any role, superadmin included. Never use it outside local development. !!!")
+	}
 	log.Info("http listening", "addr", svc.HTTPAddr, "events", readyAt)
 	return svc, nil
 }
