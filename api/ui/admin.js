@@ -108,7 +108,9 @@ export function initAdmin() {
   $('#webrtc-toggle').addEventListener('change', onToggle);
   setupDialog($('#team-dialog'), async () => {
     editing = null;
-    if (saved) await run(loadAdmin);
+    if (!saved) return;
+    if ($('#new-team-id').value.trim() === saved) $('#new-team-id').value = '';
+    await run(loadAdmin);
   }, () => {
     const t = saved;
     saved = null;

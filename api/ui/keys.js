@@ -39,12 +39,14 @@ function showDisabled() {
   $('#keys-table tbody').replaceChildren();
   $('#api-keys-content').hidden = true;
   $('#api-keys-disabled').hidden = false;
+  $('#tab-api-keys').hidden = true; // the tab shows only while access is enabled
   for (const d of $$('#create-dialog, #confirm-dialog')) if (d.open) d.close();
 }
 
 function render({ keys, stats: s }) {
   stats = s;
   $('#api-keys-disabled').hidden = true;
+  $('#tab-api-keys').hidden = false;
   $('#api-keys-content').hidden = false;
   $('#stat-keys .stat-value').textContent = `${s.keys} / ${s.max_keys}`;
   $('#stat-requests .stat-value').textContent = s.max_requests_per_day == null
@@ -81,9 +83,8 @@ function openCreate() {
   if (!stats) return;
   const form = $('#create-form');
   form.reset();
-  const only = stats.available_scopes.length === 1;
   $('#create-scopes').replaceChildren(...stats.available_scopes.map((s) =>
-    h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'scope', value: s, checked: only }), ' ', h('span', { class: 'chip' }, s))));
+    h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'scope', value: s }), ' ', h('span', { class: 'chip' }, s))));
   $('#create-submit').disabled = false;
   openDialog($('#create-dialog'), $('#create-key'));
 }

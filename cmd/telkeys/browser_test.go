@@ -263,6 +263,7 @@ func TestBrowserAPIKeysFlow(t *testing.T) {
 	admin.until("saved", "!document.querySelector('#team-dialog').open")
 	member.open(s.base)
 	member.until("disabled message", visible("#api-keys-disabled"))
+	member.until("tab gone", "!("+visible("#tab-api-keys")+")")
 	h := member.html()
 	if strings.Contains(h, masked) || strings.Contains(h, "worker") {
 		t.Fatal("keys still shown for a disabled team")
