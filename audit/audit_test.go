@@ -3,7 +3,6 @@ package audit_test
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -14,15 +13,15 @@ import (
 	"github.com/telapi/telkeys/apikey"
 	"github.com/telapi/telkeys/audit"
 	"github.com/telapi/telkeys/bus"
-	"github.com/telapi/telkeys/bus/bustest"
 	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/internal/coretest"
 	"github.com/telapi/telkeys/events"
 	"github.com/telapi/telkeys/projections"
 )
 
 var (
-	admin  = events.Actor{Subject: "root", Role: "superadmin"}
-	member = events.Actor{Subject: "m", Role: "member"}
+	admin  = coretest.Admin
+	member = coretest.Member
 	apps   = []string{apikey.ScopeReadTeamApps}
 )
 
@@ -39,19 +38,9 @@ type history struct {
 
 // record writes a small history through the real commands and projector.
 func record(t *testing.T) *history {
-	_, nc, h := bustest.Setup(t)
-	js, _ := jetstream.New(nc)
-	cmds, err := commands.New(commands.Config{JS: js, Events: h.Events, Snapshots: h.Snapshots})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, _ := projections.NewTracker(context.Background(), h)
-	p := projections.NewProjector(h, js, nc, tr, slog.New(slog.DiscardHandler))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = p.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-
+	c := coretest.Start(t)
+	js, h, cmds, tr := c.JS, c.H, c.Cmds, c.Tracker
+	var err error
 	hs := &history{js: js, h: h, rm: projections.NewReadModel(h), tracker: tr}
 	bg := context.Background()
 	must := func(_ any, err error) {

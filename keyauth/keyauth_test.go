@@ -2,29 +2,22 @@ package keyauth_test
 
 import (
 	"context"
-	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telapi/telkeys/apikey"
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/bus/bustest"
 	"github.com/telapi/telkeys/commands"
-	"github.com/telapi/telkeys/events"
+	"github.com/telapi/telkeys/internal/coretest"
 	"github.com/telapi/telkeys/keyauth"
-	"github.com/telapi/telkeys/projections"
 )
 
-var (
-	admin  = events.Actor{Subject: "root", Role: "superadmin"}
-	member = events.Actor{Subject: "m", Role: "member"}
-)
+var admin = coretest.Admin
 
 // clock is a settable clock for validators.
 type clock struct{ ns atomic.Int64 }
@@ -33,39 +26,18 @@ func newClock(t time.Time) *clock { c := &clock{}; c.ns.Store(t.UnixNano()); ret
 func (c *clock) Now() time.Time   { return time.Unix(0, c.ns.Load()).UTC() }
 func (c *clock) Set(t time.Time)  { c.ns.Store(t.UnixNano()) }
 
-// rig is a real embedded JetStream server with the commands and the
-// projector of telkeys, and validators on their own connections.
+// rig is the core of telkeys (coretest) plus validators on their own
+// connections.
 type rig struct {
-	t    testing.TB
-	ns   *server.Server
-	h    *bus.Handles
-	cmds *commands.Handler
-	js   jetstream.JetStream
-	nc   *nats.Conn
+	*coretest.Core
+	t testing.TB
 }
 
-func newRig(t testing.TB) *rig {
-	ns, nc, h := bustest.Setup(t)
-	js, _ := jetstream.New(nc)
-	cmds, err := commands.New(commands.Config{JS: js, Events: h.Events, Snapshots: h.Snapshots})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := projections.NewTracker(context.Background(), h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := projections.NewProjector(h, js, nc, tr, slog.New(slog.DiscardHandler))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = p.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return &rig{t: t, ns: ns, h: h, cmds: cmds, js: js, nc: nc}
-}
+func newRig(t testing.TB) *rig { return &rig{Core: coretest.Start(t), t: t} }
 
 func (r *rig) validator(cfg keyauth.Config) *keyauth.Validator {
 	r.t.Helper()
-	nc, _ := bustest.Connect(r.t, r.ns)
+	nc, _ := bustest.Connect(r.t, r.NS)
 	return r.validatorOn(nc, cfg)
 }
 
@@ -85,27 +57,17 @@ func ptr[T any](v T) *T { return &v }
 
 func (r *rig) configure(team string, enabled bool, scopes []string, limit *int64) uint64 {
 	r.t.Helper()
-	_, res, err := r.cmds.ConfigureTeamAccess(context.Background(), admin, team, commands.AccessConfig{
-		Enabled: enabled, AllowedScopes: scopes, MaxKeys: 100, MaxRequestsPerDay: limit,
-	})
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	return res.Seq
+	return r.Configure(team, commands.AccessConfig{Enabled: enabled, AllowedScopes: scopes, MaxKeys: 100, MaxRequestsPerDay: limit})
 }
 
 func (r *rig) create(team string, scopes ...string) commands.CreatedKey {
 	r.t.Helper()
-	k, err := r.cmds.CreateKey(context.Background(), member, team, "k", scopes)
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	return k
+	return r.Create(team, scopes...)
 }
 
 func (r *rig) flag(on bool) uint64 {
 	r.t.Helper()
-	res, err := r.cmds.SetPlatformFlag(context.Background(), admin, commands.FlagWebRTC, on)
+	res, err := r.Cmds.SetPlatformFlag(context.Background(), admin, commands.FlagWebRTC, on)
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -114,7 +76,7 @@ func (r *rig) flag(on bool) uint64 {
 
 func (r *rig) del(team, id string) uint64 {
 	r.t.Helper()
-	res, err := r.cmds.DeleteKey(context.Background(), admin, team, id, false)
+	res, err := r.Cmds.DeleteKey(context.Background(), admin, team, id, false)
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -220,7 +182,7 @@ func TestVerifyRacingDelete(t *testing.T) {
 		}
 		loading := make(chan *keyauth.Validator, 1)
 		go func() {
-			nc, err := nats.Connect(r.ns.ClientURL())
+			nc, err := nats.Connect(r.NS.ClientURL())
 			if err != nil {
 				loading <- nil
 				return
@@ -285,7 +247,7 @@ func TestDailyLimit(t *testing.T) {
 		}
 		// The count reaches the stream.
 		bustest.Eventually(t, 10*time.Second, "counter at 100", func() bool {
-			m, err := r.h.Usage.GetLastMsgForSubject(context.Background(), bus.UsageSubject("acme", day))
+			m, err := r.H.Usage.GetLastMsgForSubject(context.Background(), bus.UsageSubject("acme", day))
 			return err == nil && string(m.Data) == `{"val":"100"}`
 		})
 	})
@@ -355,8 +317,8 @@ func TestStaleness(t *testing.T) {
 	expect(t, v, "garbage", apps, keyauth.NotFound) // no lookup needed for that
 	expect(t, open, k.Plaintext, apps, keyauth.Valid)
 
-	info, _ := r.h.Events.Info(context.Background())
-	if err := r.nc.Publish(bus.HeartbeatSubject, []byte(itoa(info.State.LastSeq))); err != nil {
+	info, _ := r.H.Events.Info(context.Background())
+	if err := r.NC.Publish(bus.HeartbeatSubject, []byte(itoa(info.State.LastSeq))); err != nil {
 		t.Fatal(err)
 	}
 	bustest.Eventually(t, 5*time.Second, "fresh after a heartbeat", func() bool {

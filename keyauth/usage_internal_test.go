@@ -2,7 +2,6 @@ package keyauth
 
 import (
 	"context"
-	"log/slog"
 	"testing"
 	"time"
 
@@ -11,42 +10,14 @@ import (
 
 	"github.com/telapi/telkeys/apikey"
 	"github.com/telapi/telkeys/bus"
-	"github.com/telapi/telkeys/bus/bustest"
 	"github.com/telapi/telkeys/commands"
-	"github.com/telapi/telkeys/events"
-	"github.com/telapi/telkeys/projections"
+	"github.com/telapi/telkeys/internal/coretest"
 )
 
-type usageRig struct {
-	h    *bus.Handles
-	cmds *commands.Handler
-	js   jetstream.JetStream
-	nc   *nats.Conn
-	ns   any
-}
-
-func usageSetup(t *testing.T, limit *int64) (*usageRig, commands.CreatedKey) {
-	ns, nc, h := bustest.Setup(t)
-	js, _ := jetstream.New(nc)
-	cmds, err := commands.New(commands.Config{JS: js, Events: h.Events, Snapshots: h.Snapshots})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, _ := projections.NewTracker(context.Background(), h)
-	p := projections.NewProjector(h, js, nc, tr, slog.New(slog.DiscardHandler))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = p.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	admin := events.Actor{Subject: "root", Role: "superadmin"}
-	if _, _, err := cmds.ConfigureTeamAccess(ctx, admin, "acme", commands.AccessConfig{Enabled: true, AllowedScopes: []string{apikey.ScopeReadTeamApps}, MaxKeys: 10, MaxRequestsPerDay: limit}); err != nil {
-		t.Fatal(err)
-	}
-	k, err := cmds.CreateKey(ctx, events.Actor{Subject: "m", Role: "member"}, "acme", "k", []string{apikey.ScopeReadTeamApps})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &usageRig{h: h, cmds: cmds, js: js, nc: nc, ns: ns}, k
+func usageSetup(t *testing.T, limit *int64) (*coretest.Core, commands.CreatedKey) {
+	c := coretest.Start(t)
+	c.Configure("acme", commands.AccessConfig{Enabled: true, AllowedScopes: []string{apikey.ScopeReadTeamApps}, MaxKeys: 10, MaxRequestsPerDay: limit})
+	return c, c.Create("acme", apikey.ScopeReadTeamApps)
 }
 
 // A flush whose ack was lost but which was stored is retried with the same
@@ -55,7 +26,7 @@ func usageSetup(t *testing.T, limit *int64) (*usageRig, commands.CreatedKey) {
 func TestRetriedFlushKeepsItsCount(t *testing.T) {
 	limit := int64(100)
 	r, k := usageSetup(t, &limit)
-	nc, err := nats.Connect(r.nc.ConnectedUrl())
+	nc, err := nats.Connect(r.NC.ConnectedUrl())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +53,7 @@ func TestRetriedFlushKeepsItsCount(t *testing.T) {
 	c.mu.Unlock()
 	m := nats.NewMsg(bus.UsageSubject("acme", dayTime(req.day)))
 	m.Header.Set("Nats-Incr", "+50")
-	if _, err := r.js.PublishMsg(context.Background(), m, jetstream.WithMsgID(req.msgID)); err != nil {
+	if _, err := r.JS.PublishMsg(context.Background(), m, jetstream.WithMsgID(req.msgID)); err != nil {
 		t.Fatal(err)
 	}
 	c.mu.Lock()
@@ -98,7 +69,7 @@ func TestRetriedFlushKeepsItsCount(t *testing.T) {
 		}
 	}
 	v.flushUsage(context.Background())
-	last, _ := r.h.Usage.GetLastMsgForSubject(context.Background(), bus.UsageSubject("acme", dayTime(req.day)))
+	last, _ := r.H.Usage.GetLastMsgForSubject(context.Background(), bus.UsageSubject("acme", dayTime(req.day)))
 	t.Logf("VALID answers: %d (limit %d); stream counter: %s", valid, limit, last.Data)
 	if valid > int(limit) {
 		t.Errorf("single node exceeded the daily limit: %d > %d", valid, limit)

@@ -3,76 +3,44 @@ package projections_test
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"slices"
 	"strconv"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telapi/telkeys/apikey"
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/bus/bustest"
 	"github.com/telapi/telkeys/commands"
-	"github.com/telapi/telkeys/events"
+	"github.com/telapi/telkeys/internal/coretest"
 	"github.com/telapi/telkeys/projections"
 )
 
 var (
-	admin  = events.Actor{Subject: "root", Role: "superadmin"}
-	member = events.Actor{Subject: "m", Role: "member"}
+	admin  = coretest.Admin
+	member = coretest.Member
 )
 
 type rig struct {
-	t       *testing.T
-	h       *bus.Handles
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	cmds    *commands.Handler
-	tracker *projections.Tracker
-	rm      *projections.ReadModel
-	stop    func()
+	*coretest.Core
+	t  *testing.T
+	rm *projections.ReadModel
 }
 
 func newRig(t *testing.T) *rig {
-	_, nc, h := bustest.Setup(t)
-	js, _ := jetstream.New(nc)
-	cmds, err := commands.New(commands.Config{JS: js, Events: h.Events, Snapshots: h.Snapshots})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &rig{t: t, h: h, nc: nc, js: js, cmds: cmds, rm: projections.NewReadModel(h)}
-	r.start()
-	t.Cleanup(func() { r.stop() })
-	return r
+	c := coretest.Start(t)
+	return &rig{Core: c, t: t, rm: c.Read}
 }
 
-func (r *rig) start() {
-	tr, err := projections.NewTracker(context.Background(), r.h)
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	r.tracker = tr
-	p := projections.NewProjector(r.h, r.js, r.nc, tr, slog.New(slog.DiscardHandler))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = p.Run(ctx) }()
-	r.stop = func() { cancel(); <-done }
-}
+func (r *rig) stop()  { r.Stop() }
+func (r *rig) start() { r.StartProjector() }
 
-func (r *rig) wait(seq uint64) {
-	r.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := r.tracker.Wait(ctx, seq); err != nil {
-		r.t.Fatalf("projection did not reach %d: %v", seq, err)
-	}
-}
+func (r *rig) wait(seq uint64) { r.t.Helper(); r.Wait(seq) }
 
 func (r *rig) configure(team string, max int) uint64 {
-	_, res, err := r.cmds.ConfigureTeamAccess(context.Background(), admin, team, commands.AccessConfig{
+	_, res, err := r.Cmds.ConfigureTeamAccess(context.Background(), admin, team, commands.AccessConfig{
 		Enabled: true, AllowedScopes: apikey.Scopes(), MaxKeys: max,
 	})
 	if err != nil {
@@ -82,7 +50,7 @@ func (r *rig) configure(team string, max int) uint64 {
 }
 
 func (r *rig) create(team string) commands.CreatedKey {
-	k, err := r.cmds.CreateKey(context.Background(), member, team, "k", []string{apikey.ScopeReadTeamApps})
+	k, err := r.Cmds.CreateKey(context.Background(), member, team, "k", []string{apikey.ScopeReadTeamApps})
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -117,11 +85,11 @@ func TestProjectionBuildsReadModels(t *testing.T) {
 	r := newRig(t)
 	r.configure("acme", 10)
 	a, b, c := r.create("acme"), r.create("acme"), r.create("acme")
-	res, err := r.cmds.DeleteKey(context.Background(), member, "acme", b.Key.ID, true)
+	res, err := r.Cmds.DeleteKey(context.Background(), member, "acme", b.Key.ID, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fres, err := r.cmds.SetPlatformFlag(context.Background(), admin, commands.FlagWebRTC, false)
+	fres, err := r.Cmds.SetPlatformFlag(context.Background(), admin, commands.FlagWebRTC, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +119,7 @@ func TestProjectionRecoversLostWrites(t *testing.T) {
 		k := r.create("acme")
 		last = k.Result.Seq
 		if i%3 == 0 {
-			res, err := r.cmds.DeleteKey(context.Background(), member, "acme", k.Key.ID, true)
+			res, err := r.Cmds.DeleteKey(context.Background(), member, "acme", k.Key.ID, true)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -164,7 +132,7 @@ func TestProjectionRecoversLostWrites(t *testing.T) {
 	r.stop()
 
 	// Lose everything after event 2 as far as the checkpoint knows.
-	if _, err := r.h.ReadModel.Put(context.Background(), bus.CheckpointKey, []byte(strconv.Itoa(2))); err != nil {
+	if _, err := r.H.ReadModel.Put(context.Background(), bus.CheckpointKey, []byte(strconv.Itoa(2))); err != nil {
 		t.Fatal(err)
 	}
 	r.start()
@@ -180,7 +148,7 @@ func TestProjectionRecoversLostWrites(t *testing.T) {
 	}
 	// Deleted keys stay deleted: exactly the kept keys are live by hash.
 	n := 0
-	lister, err := r.h.ReadModel.ListKeysFiltered(context.Background(), bus.KeyPrefix+"*")
+	lister, err := r.H.ReadModel.ListKeysFiltered(context.Background(), bus.KeyPrefix+"*")
 	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
 		t.Fatal(err)
 	}
@@ -207,10 +175,10 @@ func TestReplayedCreateAndDeleteInOneBatch(t *testing.T) {
 	k := r.create("acme")
 	r.wait(k.Result.Seq)
 	r.stop()
-	if _, err := r.h.ReadModel.Put(context.Background(), bus.CheckpointKey, []byte(strconv.FormatUint(cfgSeq, 10))); err != nil {
+	if _, err := r.H.ReadModel.Put(context.Background(), bus.CheckpointKey, []byte(strconv.FormatUint(cfgSeq, 10))); err != nil {
 		t.Fatal(err)
 	}
-	res, err := r.cmds.DeleteKey(context.Background(), member, "acme", k.Key.ID, true)
+	res, err := r.Cmds.DeleteKey(context.Background(), member, "acme", k.Key.ID, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,17 +193,17 @@ func TestReplayedCreateAndDeleteInOneBatch(t *testing.T) {
 // Hints from the bus are not trusted: a false one does not move the tracker.
 func TestTrackerIgnoresFalseHints(t *testing.T) {
 	r := newRig(t)
-	sub, err := r.tracker.Subscribe(r.nc)
+	sub, err := r.Tracker.Subscribe(r.NC)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()
 	seq := r.configure("acme", 1)
 	r.wait(seq)
-	if err := r.nc.Publish(bus.ProjectedSubject, []byte("99999999")); err != nil {
+	if err := r.NC.Publish(bus.ProjectedSubject, []byte("99999999")); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.nc.Flush(); err != nil {
+	if err := r.NC.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	// A real event after the false hint. Hints reach the subscription in
@@ -248,7 +216,7 @@ func TestTrackerIgnoresFalseHints(t *testing.T) {
 		n, _ := sub.Delivered()
 		return n >= 3
 	})
-	if got := r.tracker.Applied(); got != seq {
+	if got := r.Tracker.Applied(); got != seq {
 		t.Fatalf("tracker at %d after a false hint, want %d", got, seq)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/telapi/telkeys/bus/bustest"
 	"github.com/telapi/telkeys/cmd/telapi-node/node"
 )
 
@@ -236,7 +237,7 @@ func TestNodeCutOffFromNATS(t *testing.T) {
 	// 200 never is. Wait for 401s over a few of keyauth's 50 ms checks.
 	flips := 0
 	var streak time.Time
-	pollUntil(t, 5*time.Second, "node steadily refusing after the reconnect", func() bool {
+	bustest.Eventually(t, 5*time.Second, "node steadily refusing after the reconnect", func() bool {
 		r, err := n.apps(key)
 		if err != nil {
 			t.Fatal(err)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"net/url"
 	"sync"
 	"sync/atomic"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/telapi/telkeys/bus/bustest"
 	"github.com/telapi/telkeys/keyauth"
 )
 
@@ -49,7 +49,7 @@ func TestReconnectNeverAnswersFromStaleState(t *testing.T) {
 	for round := range rounds {
 		k := s.createKey("acme", "doomed")
 		key, id := k["key"].(string), k["id"].(string)
-		pollUntil(t, 10*time.Second, "validator knows the key", func() bool { return v.Verify(key, "READ_TEAM_APPS").Valid() })
+		bustest.Eventually(t, 10*time.Second, "validator knows the key", func() bool { return v.Verify(key, "READ_TEAM_APPS").Valid() })
 
 		proxy.Cut()
 		// Events the node misses: some others first, then the deletion.
@@ -57,7 +57,7 @@ func TestReconnectNeverAnswersFromStaleState(t *testing.T) {
 			s.configureTeam("other", i%2 == 0, 100, nil)
 		}
 		s.deleteKey("acme", id)
-		pollUntil(t, 3*staleness, "validator goes stale", func() bool {
+		bustest.Eventually(t, 3*staleness, "validator goes stale", func() bool {
 			return v.Verify(key, "READ_TEAM_APPS").Code == keyauth.Unavailable
 		})
 
@@ -86,7 +86,7 @@ func TestReconnectNeverAnswersFromStaleState(t *testing.T) {
 			}()
 		}
 		proxy.Restore(t)
-		pollUntil(t, 10*time.Second, "validator current again", func() bool {
+		bustest.Eventually(t, 10*time.Second, "validator current again", func() bool {
 			return v.Current() && v.Verify(key, "READ_TEAM_APPS").Code == keyauth.NotFound
 		})
 		close(stop)
@@ -96,16 +96,5 @@ func TestReconnectNeverAnswersFromStaleState(t *testing.T) {
 		if valid.Load() > 0 {
 			t.Errorf("round %d: the deleted key was VALID %d times after the reconnect", round, valid.Load())
 		}
-	}
-}
-
-func pollUntil(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal(fmt.Sprintf("not within %v: %s", within, what))
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
