@@ -14,8 +14,8 @@ import (
 	"github.com/telapi/telkeys/audit"
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/commands"
-	"github.com/telapi/telkeys/internal/coretest"
 	"github.com/telapi/telkeys/events"
+	"github.com/telapi/telkeys/internal/coretest"
 	"github.com/telapi/telkeys/projections"
 )
 
