@@ -203,55 +203,67 @@ func counterValue(data []byte) string {
 // sent again with the same message id, so the stream counts it once.
 func (v *Validator) flushUsage(ctx context.Context) {
 	v.st.eachTeam(func(t *team) {
-		c := &t.usage
-		c.mu.Lock()
-		req := c.retry
-		switch {
-		case req != nil:
-		case c.carry != nil:
-			req, c.carry = c.carry, nil
-		case c.pending > 0:
-			req = &flushReq{day: c.day, n: c.pending}
-			c.inflight += c.pending
-			c.pending = 0
-		}
-		c.mu.Unlock()
-		if req == nil {
-			return
-		}
-		if req.msgID == "" {
-			req.msgID = v.cfg.Name + "-" + strconv.FormatUint(v.flushSeq.Add(1), 10) + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
-		}
-		msg := nats.NewMsg(bus.UsageSubject(t.name, dayTime(req.day)))
-		msg.Header.Set("Nats-Incr", "+"+strconv.FormatInt(req.n, 10))
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		ack, err := v.js.PublishMsg(pctx, msg, jetstream.WithMsgID(req.msgID))
-		if err == nil && ack.Value == "" {
-			// A duplicate (a retry of a flush that had landed) carries no
-			// value: read the counter instead.
-			if m, gerr := v.h.Usage.GetLastMsgForSubject(pctx, msg.Subject); gerr == nil {
-				ack.Value = counterValue(m.Data)
+		// A retry or an earlier day's count goes first; then what is pending.
+		for range 3 {
+			if !v.flushOne(ctx, t) {
+				return
 			}
-		}
-		cancel()
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if err != nil {
-			c.retry = req
-			if ctx.Err() == nil {
-				v.cfg.Log.Warn("keyauth: usage flush failed; will retry", "team", t.name, "err", err)
-			}
-			return
-		}
-		c.retry = nil
-		if req.day != c.day {
-			return
-		}
-		c.inflight -= req.n
-		if total, err := strconv.ParseInt(ack.Value, 10, 64); err == nil && total > c.global {
-			c.global = total
 		}
 	})
+}
+
+// flushOne sends one increment for the team. It reports whether it sent
+// one successfully, so that the caller may send the next.
+func (v *Validator) flushOne(ctx context.Context, t *team) bool {
+	c := &t.usage
+	c.mu.Lock()
+	req := c.retry
+	switch {
+	case req != nil:
+	case c.carry != nil:
+		req, c.carry = c.carry, nil
+	case c.pending > 0:
+		req = &flushReq{day: c.day, n: c.pending}
+		c.inflight += c.pending
+		c.pending = 0
+	}
+	c.mu.Unlock()
+	if req == nil {
+		return false
+	}
+	if req.msgID == "" {
+		req.msgID = v.cfg.Name + "-" + strconv.FormatUint(v.flushSeq.Add(1), 10) + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	}
+	msg := nats.NewMsg(bus.UsageSubject(t.name, dayTime(req.day)))
+	msg.Header.Set("Nats-Incr", "+"+strconv.FormatInt(req.n, 10))
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	ack, err := v.js.PublishMsg(pctx, msg, jetstream.WithMsgID(req.msgID))
+	if err == nil && ack.Value == "" {
+		// A duplicate (a retry of a flush that had landed) carries no
+		// value: read the counter instead.
+		if m, gerr := v.h.Usage.GetLastMsgForSubject(pctx, msg.Subject); gerr == nil {
+			ack.Value = counterValue(m.Data)
+		}
+	}
+	cancel()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.retry = req
+		if ctx.Err() == nil {
+			v.cfg.Log.Warn("keyauth: usage flush failed; will retry", "team", t.name, "err", err)
+		}
+		return false
+	}
+	c.retry = nil
+	if req.day != c.day {
+		return true
+	}
+	c.inflight -= req.n
+	if total, err := strconv.ParseInt(ack.Value, 10, 64); err == nil && total > c.global {
+		c.global = total
+	}
+	return true
 }
 
 // flushLastUsed merges this node's last-used times into each team's entry
