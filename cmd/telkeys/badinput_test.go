@@ -33,30 +33,7 @@ func sendWithHeaders(s *testService, method, path string, hdr map[string]string,
 
 // trySendWithHeaders is sendWithHeaders that returns transport errors.
 func trySendWithHeaders(s *testService, method, path string, hdr map[string]string, body []byte) (response, error) {
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequest(method, s.base+path, rd)
-	if err != nil {
-		return response{}, err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return response{}, err
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(res.Body)
-	if err != nil {
-		return response{}, err
-	}
-	return response{status: res.StatusCode, header: res.Header, body: b}, nil
+	return sendRequest(http.DefaultClient, method, s.base+path, hdr, body)
 }
 
 // rawHTTP writes head (request line and headers, CRLF-terminated, blank

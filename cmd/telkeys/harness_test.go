@@ -158,43 +158,62 @@ func (r response) problemCode(t testing.TB) string {
 	return code
 }
 
-// do sends a request; body is sent as is if it is a string, else as JSON.
-func (s *testService) do(method, path, token string, body any) response {
-	s.t.Helper()
+// sendRequest sends one request with client and reads the whole answer.
+// A JSON content type is set when there is a body; hdr may override it.
+func sendRequest(client *http.Client, method, url string, hdr map[string]string, body []byte) (response, error) {
 	var rd io.Reader
-	switch b := body.(type) {
-	case nil:
-	case string:
-		rd = strings.NewReader(b)
-	case []byte:
-		rd = bytes.NewReader(b)
-	default:
-		j, err := json.Marshal(b)
-		if err != nil {
-			s.t.Fatal(err)
-		}
-		rd = bytes.NewReader(j)
+	if body != nil {
+		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequest(method, s.base+path, rd)
+	req, err := http.NewRequest(method, url, rd)
 	if err != nil {
-		s.t.Fatal(err)
+		return response{}, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
+	for k, v := range hdr {
+		req.Header.Set(k, v)
 	}
-	res, err := http.DefaultClient.Do(req)
+	res, err := client.Do(req)
 	if err != nil {
-		s.t.Fatalf("%s %s: %v", method, path, err)
+		return response{}, err
 	}
 	defer res.Body.Close()
 	b, err := io.ReadAll(res.Body)
 	if err != nil {
-		s.t.Fatal(err)
+		return response{}, err
 	}
-	return response{status: res.StatusCode, header: res.Header, body: b}
+	return response{status: res.StatusCode, header: res.Header, body: b}, nil
+}
+
+// do sends a request; body is sent as is if it is a string or []byte,
+// else as JSON.
+func (s *testService) do(method, path, token string, body any) response {
+	s.t.Helper()
+	var b []byte
+	switch v := body.(type) {
+	case nil:
+	case string:
+		b = []byte(v)
+	case []byte:
+		b = v
+	default:
+		j, err := json.Marshal(v)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		b = j
+	}
+	hdr := map[string]string{}
+	if token != "" {
+		hdr["Authorization"] = "Bearer " + token
+	}
+	r, err := sendRequest(http.DefaultClient, method, s.base+path, hdr, b)
+	if err != nil {
+		s.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	return r
 }
 
 // enableTeam configures a team as a superadmin.

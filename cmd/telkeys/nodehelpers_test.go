@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -60,27 +59,7 @@ func newNodeAPI(t testing.TB, name, addr string) *nodeAPI {
 }
 
 func (n *nodeAPI) send(method, path string, hdr map[string]string, body []byte) (response, error) {
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequest(method, n.base+path, rd)
-	if err != nil {
-		return response{}, err
-	}
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	res, err := n.client.Do(req)
-	if err != nil {
-		return response{}, err
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(res.Body)
-	if err != nil {
-		return response{}, err
-	}
-	return response{status: res.StatusCode, header: res.Header, body: b}, nil
+	return sendRequest(n.client, method, n.base+path, hdr, body)
 }
 
 // apps is GET /api/v1/apps (READ_TEAM_APPS) with the key in X-API-Key.
