@@ -56,12 +56,7 @@ func (v *Validator) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	v.wg.Add(1)
-	go func() {
-		defer v.wg.Done()
-		<-runCtx.Done()
-		cc.Stop()
-	}()
+	v.stopWith(runCtx, cc)
 	if err := v.st.waitApplied(ctx, target); err != nil {
 		return fmt.Errorf("keyauth: catching up to event %d (at %d): %w", target, v.Applied(), err)
 	}
@@ -69,7 +64,7 @@ func (v *Validator) start(ctx context.Context) error {
 		return err
 	}
 	v.reconnects.Store(v.nc.Stats().Reconnects)
-	v.every(runCtx, 50*time.Millisecond, func() {
+	v.every(runCtx, 50*time.Millisecond, nil, func() {
 		v.watchConnection()
 		v.resyncTarget(runCtx)
 	})
@@ -77,8 +72,9 @@ func (v *Validator) start(ctx context.Context) error {
 	return nil
 }
 
-// every runs f every period until ctx ends.
-func (v *Validator) every(ctx context.Context, period time.Duration, f func()) {
+// every runs f every period, and whenever kick (which may be nil) fires,
+// until ctx ends.
+func (v *Validator) every(ctx context.Context, period time.Duration, kick <-chan struct{}, f func()) {
 	v.wg.Add(1)
 	go func() {
 		defer v.wg.Done()
@@ -89,9 +85,20 @@ func (v *Validator) every(ctx context.Context, period time.Duration, f func()) {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				f()
+			case <-kick:
 			}
+			f()
 		}
+	}()
+}
+
+// stopWith stops a consumer when ctx ends.
+func (v *Validator) stopWith(ctx context.Context, cc jetstream.ConsumeContext) {
+	v.wg.Add(1)
+	go func() {
+		defer v.wg.Done()
+		<-ctx.Done()
+		cc.Stop()
 	}()
 }
 

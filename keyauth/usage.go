@@ -138,12 +138,7 @@ func (v *Validator) startUsage(ctx, runCtx context.Context) error {
 	if err != nil {
 		return err
 	}
-	v.wg.Add(1)
-	go func() {
-		defer v.wg.Done()
-		<-runCtx.Done()
-		cc.Stop()
-	}()
+	v.stopWith(runCtx, cc)
 	// Start from today's counts, not from zero: a restarted node must not
 	// grant a team's quota again.
 	select {
@@ -151,22 +146,8 @@ func (v *Validator) startUsage(ctx, runCtx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("keyauth: loading usage counters: %w", ctx.Err())
 	}
-	v.wg.Add(1)
-	go func() {
-		defer v.wg.Done()
-		t := time.NewTicker(v.cfg.UsageFlush)
-		defer t.Stop()
-		for {
-			select {
-			case <-runCtx.Done():
-				return
-			case <-t.C:
-			case <-v.st.kick:
-			}
-			v.flushUsage(runCtx)
-		}
-	}()
-	v.every(runCtx, v.cfg.LastUsedFlush, func() { v.flushLastUsed(runCtx) })
+	v.every(runCtx, v.cfg.UsageFlush, v.st.kick, func() { v.flushUsage(runCtx) })
+	v.every(runCtx, v.cfg.LastUsedFlush, nil, func() { v.flushLastUsed(runCtx) })
 	return nil
 }
 

@@ -120,7 +120,7 @@ func (p *cutProxy) Restore(t testing.TB) {
 		if time.Now().After(deadline) {
 			t.Fatalf("proxy cannot listen on %s again: %v", p.addr, err)
 		}
-		time.Sleep(10 * time.Millisecond)
+		<-time.After(10 * time.Millisecond) // retry the listen
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -217,7 +217,7 @@ func TestNodeCutOffFromNATS(t *testing.T) {
 		if !first503.IsZero() && now.Sub(first503) > 500*time.Millisecond {
 			break
 		}
-		time.Sleep(2 * time.Millisecond)
+		<-time.After(2 * time.Millisecond) // pace the observations
 	}
 	t.Logf("cut off: first 503 %v after the cut; %d × 200 for the deleted key before that (max staleness %v)",
 		first503.Sub(tCut), accepted, staleness)

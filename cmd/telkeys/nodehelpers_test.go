@@ -98,7 +98,7 @@ func pollNode(t testing.TB, within time.Duration, what string, req func() (respo
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: no %s within %v; last answer %s", what, want, within, last)
 		}
-		time.Sleep(2 * time.Millisecond)
+		<-time.After(2 * time.Millisecond) // pace the observations
 	}
 }
 
