@@ -103,15 +103,9 @@ type Handles struct {
 	LastUsed        jetstream.KeyValue
 }
 
-// Setup creates or updates every stream, bucket and consumer. It is
-// idempotent and safe to run from several instances at once.
-func Setup(ctx context.Context, js jetstream.JetStream, replicas int) (*Handles, error) {
-	if replicas < 1 {
-		replicas = 1
-	}
-	var h Handles
-	var err error
-	h.Events, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+// EventStreamConfig is the event stream's configuration.
+func EventStreamConfig(replicas int) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
 		Name:        EventStream,
 		Description: "telkeys event history: append-only, hash-chained per aggregate",
 		Subjects:    []string{EventSubjects},
@@ -129,7 +123,18 @@ func Setup(ctx context.Context, js jetstream.JetStream, replicas int) (*Handles,
 		// Direct Get may answer from a lagging replica; commands read their
 		// aggregate's tail and must see their own writes.
 		AllowDirect: false,
-	})
+	}
+}
+
+// Setup creates or updates every stream, bucket and consumer. It is
+// idempotent and safe to run from several instances at once.
+func Setup(ctx context.Context, js jetstream.JetStream, replicas int) (*Handles, error) {
+	if replicas < 1 {
+		replicas = 1
+	}
+	var h Handles
+	var err error
+	h.Events, err = js.CreateOrUpdateStream(ctx, EventStreamConfig(replicas))
 	if err != nil {
 		return nil, fmt.Errorf("bus: event stream: %w", err)
 	}

@@ -214,14 +214,23 @@ func (h *Handler) execute(ctx context.Context, command, aggID string, newState f
 }
 
 func (h *Handler) publish(ctx context.Context, a *aggregate, ev events.Envelope) (*jetstream.PubAck, error) {
+	msg, err := EventMsg(ev)
+	if err != nil {
+		return nil, err
+	}
+	return h.cfg.JS.PublishMsg(ctx, msg,
+		jetstream.WithMsgID(ev.ID),
+		jetstream.WithExpectLastSequencePerSubject(a.seq))
+}
+
+// EventMsg is ev as it is stored: on its aggregate's subject, with its
+// type in a header. Its id goes in Nats-Msg-Id when published.
+func EventMsg(ev events.Envelope) (*nats.Msg, error) {
 	data, err := ev.Marshal()
 	if err != nil {
 		return nil, err
 	}
-	msg := &nats.Msg{Subject: a.subject, Data: data, Header: nats.Header{typeHeader: []string{string(ev.Type)}}}
-	return h.cfg.JS.PublishMsg(ctx, msg,
-		jetstream.WithMsgID(ev.ID),
-		jetstream.WithExpectLastSequencePerSubject(a.seq))
+	return &nats.Msg{Subject: bus.EventSubject(ev.Aggregate), Data: data, Header: nats.Header{typeHeader: []string{string(ev.Type)}}}, nil
 }
 
 func (a *aggregate) applyEvent(seq uint64, ev events.Envelope, p events.Payload) {

@@ -215,6 +215,9 @@ func (v *Validator) Close() {
 	v.flushLastUsed(ctx)
 }
 
+// Keys returns how many keys the validator holds.
+func (v *Validator) Keys() int64 { return v.st.keysCount.Load() }
+
 // Applied returns the last event sequence applied.
 func (v *Validator) Applied() uint64 { return v.st.applied.Load() }
 

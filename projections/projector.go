@@ -60,7 +60,15 @@ type Projector struct {
 type cached struct {
 	rev uint64
 	val []byte // nil when the key does not exist
+	// keys is a team's key list, decoded (then val is not kept): it is the
+	// largest record, and decoding and encoding it for every event of a
+	// batch made projection quadratic in a team's keys.
+	keys *TeamKeysRecord
 }
+
+// maxCachedKeyLists bounds the decoded key lists kept between batches;
+// beyond it, only the lists the last batch touched are kept.
+const maxCachedKeyLists = 64
 
 // NewProjector returns a Projector that reports progress to tracker.
 func NewProjector(h *bus.Handles, js jetstream.JetStream, nc *nats.Conn, tracker *Tracker, log *slog.Logger) *Projector {
@@ -127,7 +135,7 @@ func (p *Projector) applyBatch(ctx context.Context, batch []jetstream.Msg) error
 	if err != nil {
 		return err
 	}
-	w := &writes{p: p}
+	w := &writes{p: p, touched: map[string]bool{}}
 	next := cp + 1
 	var ack jetstream.Msg // the last message at or below what is applied
 	var pending uint64
@@ -169,6 +177,7 @@ func (p *Projector) applyBatch(ctx context.Context, batch []jetstream.Msg) error
 		if err := w.flush(ctx); err != nil {
 			return err
 		}
+		w.trimKeyLists()
 		p.tracker.Advance(next - 1)
 		p.OnPending(pending)
 		_ = p.nc.Publish(bus.ProjectedSubject, strconv.AppendUint(nil, next-1, 10))
@@ -343,15 +352,17 @@ func (p *Projector) apply(ctx context.Context, w *writes, seq uint64, data []byt
 
 // writes collects one batch's writes in order, and sees its own writes.
 type writes struct {
-	p   *Projector
-	ops []op
+	p       *Projector
+	ops     []op
+	touched map[string]bool // key lists changed by the batch
 }
 
 type op struct {
 	key  string
-	rev  uint64 // expected revision; 0 = must not exist
-	val  []byte // nil = delete
-	once bool   // a key record's creation: a conflict means it was written before
+	rev  uint64          // expected revision; 0 = must not exist
+	val  []byte          // nil = delete
+	keys *TeamKeysRecord // a key list, encoded into val when flushed
+	once bool            // a key record's creation: a conflict means it was written before
 }
 
 // get reads a record through the cache, then the bucket. rev is the
@@ -415,17 +426,26 @@ func (w *writes) dropOnce(key string) bool {
 }
 
 func (w *writes) updateTeamKeys(ctx context.Context, team string, seq uint64, f func([]KeyRecord) []KeyRecord) (int, error) {
-	var tk TeamKeysRecord
-	rev, err := w.get(ctx, bus.TeamKeysPrefix+team, &tk)
-	if err != nil {
-		return 0, err
+	key := bus.TeamKeysPrefix + team
+	c, ok := w.p.cache[key]
+	if !ok || c.keys == nil {
+		tk := &TeamKeysRecord{}
+		rev, err := w.get(ctx, key, tk)
+		if err != nil {
+			return 0, err
+		}
+		c = cached{rev: rev, keys: tk}
 	}
-	if rev > 0 && tk.Seq >= seq { // applied before
+	tk := c.keys
+	if c.rev > 0 && tk.Seq >= seq { // applied before
 		return len(tk.Keys), nil
 	}
+	// Changed in place: a failed batch drops the whole cache.
 	tk.Keys = f(tk.Keys)
 	tk.Seq = seq
-	w.put(bus.TeamKeysPrefix+team, rev, mustMarshal(tk))
+	w.ops = append(w.ops, op{key: key, rev: c.rev, keys: tk})
+	w.touched[key] = true
+	w.p.cache[key] = cached{rev: pendingRev, keys: tk}
 	return len(tk.Keys), nil
 }
 
@@ -441,13 +461,18 @@ func (w *writes) flush(ctx context.Context) error {
 	var fin []op // the first op of each key, with the key's last value
 	for _, o := range w.ops {
 		if i, ok := idx[o.key]; ok {
-			fin[i].val = o.val
+			fin[i].val, fin[i].keys = o.val, o.keys
 			continue
 		}
 		idx[o.key] = len(fin)
 		fin = append(fin, o)
 	}
 	w.ops = w.ops[:0]
+	for i := range fin {
+		if fin[i].keys != nil {
+			fin[i].val = mustMarshal(fin[i].keys)
+		}
+	}
 	prefix := "$KV." + bus.BucketReadModel + "."
 	futures := make([]jetstream.PubAckFuture, len(fin))
 	for i, o := range fin {
@@ -465,10 +490,12 @@ func (w *writes) flush(ctx context.Context) error {
 	for i, f := range futures {
 		select {
 		case ack := <-f.Ok():
-			key := fin[i].key
-			if strings.HasPrefix(key, bus.KeyPrefix) {
+			switch key := fin[i].key; {
+			case strings.HasPrefix(key, bus.KeyPrefix):
 				delete(w.p.cache, key) // one per key ever made: not worth memory
-			} else {
+			case fin[i].keys != nil:
+				w.p.cache[key] = cached{rev: ack.Sequence, keys: fin[i].keys}
+			default:
 				w.p.cache[key] = cached{rev: ack.Sequence, val: fin[i].val}
 			}
 		case err := <-f.Err():
@@ -482,6 +509,25 @@ func (w *writes) flush(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// trimKeyLists drops the decoded key lists that the batch did not touch,
+// once there are more than maxCachedKeyLists.
+func (w *writes) trimKeyLists() {
+	n := 0
+	for _, c := range w.p.cache {
+		if c.keys != nil {
+			n++
+		}
+	}
+	if n <= maxCachedKeyLists {
+		return
+	}
+	for k, c := range w.p.cache {
+		if c.keys != nil && !w.touched[k] {
+			delete(w.p.cache, k)
+		}
+	}
 }
 
 func mustMarshal(v any) []byte {

@@ -3,6 +3,7 @@
 //	telkeys serve   run the service (embedded NATS by default)
 //	telkeys token   mint a bearer token for local use and tests
 //	telkeys audit   replay, verify and reconstruct the history
+//	telkeys bench   measure the service, each figure next to its floor
 //
 // Every flag can also be set with a TELKEYS_* environment variable; a flag
 // on the command line wins.
@@ -35,6 +36,9 @@ Usage:
   telkeys token [flags]   print a bearer token signed with the service's secret
   telkeys audit events|verify|state [flags]
                           replay, verify and reconstruct the event history (read only)
+  telkeys bench [--quick] [--json] [--only a,b]
+                          measure telkeys on its own embedded NATS: each figure
+                          next to a floor measured in the same run
 
 Run "telkeys <command> --help" for the flags of a command. Every flag can also
 be set with an environment variable: --data-dir is TELKEYS_DATA_DIR, and so on.
@@ -54,6 +58,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = tokenCmd(args[1:], stdout, stderr)
 	case "audit":
 		err = auditCmd(ctx, args[1:], stdout, stderr)
+	case "bench":
+		err = benchCmd(ctx, args[1:], stdout, stderr)
+	case "bench-node": // telkeys bench runs itself this way; see bench --help
+		err = benchNodeCmd(ctx, args[1:], os.Stdin, stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0

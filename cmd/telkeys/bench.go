@@ -1,0 +1,294 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/commands"
+)
+
+// The scenarios of telkeys bench, in the order of the report.
+var benchScenarios = []string{"verify-local", "verify-http", "node-gate", "revoke", "create", "replay", "startup"}
+
+// benchConfig is every setting of telkeys bench.
+type benchConfig struct {
+	Quick    bool
+	JSON     bool
+	Only     string
+	NATSURL  string
+	Keys     int
+	Duration time.Duration
+	Deletes  int
+	Creates  int
+	DataDir  string
+}
+
+// Validate reports every problem at once.
+func (c benchConfig) Validate() error {
+	var errs []error
+	for _, s := range c.only() {
+		if !slices.Contains(benchScenarios, s) {
+			errs = append(errs, fmt.Errorf("--only: unknown scenario %q; want some of %s", s, strings.Join(benchScenarios, ",")))
+		}
+	}
+	if c.Keys < 1000 || c.Keys > 10_000_000 {
+		errs = append(errs, errors.New("--keys must be between 1000 and 10000000"))
+	}
+	if c.Duration < 100*time.Millisecond || c.Duration > 10*time.Minute {
+		errs = append(errs, errors.New("--duration must be between 100ms and 10m"))
+	}
+	if c.Deletes < 1 || c.Deletes > 1000 {
+		errs = append(errs, errors.New("--deletes must be between 1 and 1000 (they come from one team)"))
+	}
+	if c.Creates < benchCreateClients || c.Creates > benchCreateClients*1000 {
+		errs = append(errs, fmt.Errorf("--creates must be between %d and %d", benchCreateClients, benchCreateClients*1000))
+	}
+	return errors.Join(errs...)
+}
+
+func (c benchConfig) only() []string {
+	if c.Only == "" {
+		return nil
+	}
+	return strings.Split(c.Only, ",")
+}
+
+func (c benchConfig) wants(scenario string) bool {
+	o := c.only()
+	return len(o) == 0 || slices.Contains(o, scenario)
+}
+
+const benchIntro = `Usage: telkeys bench [flags]
+
+Measures what users of telkeys care about, each figure next to a floor
+measured in the same run on the same machine, and prints a table: figure,
+value, floor, ratio, target. Progress goes to stderr, the report to stdout.
+
+It starts its own embedded NATS server in a temporary directory (or uses
+--nats-url, which must hold no telkeys events yet: the bench writes its own
+history), stores --keys keys in teams of 1000, and runs:
+
+  verify-local  keyauth Verify with every key loaded, in a process of its own
+                (ns/op, allocs/op; keyauth warm-up time and RSS), vs SHA-256
+  verify-http   POST /v1/keys/verify, 64 connections, vs a constant-200 route
+                (GET /healthz) on the same server
+  node-gate     GET /api/v1/apps through a TelAPI node, vs the same node with
+                key checking switched off
+  revoke        3 keyauth nodes on their own connections: time from a DELETE
+                response until each node refuses the key, vs core NATS
+                publish-to-receive latency on the same connections
+  create        POST /v1/teams/{team}/api-keys, 16 clients, vs raw JetStream
+                publishes (same fsync, expected-sequence header, 16 publishers)
+  replay        audit verify and audit state of the whole history, vs a raw
+                ordered-consumer read of the same stream
+  startup       start until /readyz answers 200, with every key stored
+
+The history is written without fsync, to build it quickly; every figure
+after that is measured with the embedded server's sync_interval: always.
+Targets are goals, not pass/fail: the exit code says only whether the bench
+ran. The harness runs itself as "telkeys bench-node" to measure a keyauth
+node in a process of its own.
+`
+
+func benchFlags(fs *flag.FlagSet) *benchConfig {
+	c := &benchConfig{}
+	fs.BoolVar(&c.Quick, "quick", false, "shrink every scenario to a few seconds (10000 keys, 1s loads, 50 deletes, 160 creates), to check that the harness works")
+	fs.BoolVar(&c.JSON, "json", false, "print the report as JSON instead of a table")
+	fs.StringVar(&c.Only, "only", "", "comma-separated scenarios to run (default: all): "+strings.Join(benchScenarios, ","))
+	fs.StringVar(&c.NATSURL, "nats-url", "", "use this NATS server instead of an embedded one; it must hold no telkeys events")
+	fs.IntVar(&c.Keys, "keys", 0, "keys to store (default 1000000, or 10000 with --quick)")
+	fs.DurationVar(&c.Duration, "duration", 0, "length of each HTTP load (default 10s, or 1s with --quick)")
+	fs.IntVar(&c.Deletes, "deletes", 0, "keys to delete in revoke (default 1000, or 50 with --quick)")
+	fs.IntVar(&c.Creates, "creates", 0, "keys to create in create (default 3200, or 160 with --quick)")
+	return c
+}
+
+func (c *benchConfig) setDefaults() {
+	pick := func(v *int, full, quick int) {
+		if *v == 0 {
+			*v = full
+			if c.Quick {
+				*v = quick
+			}
+		}
+	}
+	pick(&c.Keys, 1_000_000, 10_000)
+	pick(&c.Deletes, 1000, 50)
+	pick(&c.Creates, 3200, 160)
+	if c.Duration == 0 {
+		c.Duration = 10 * time.Second
+		if c.Quick {
+			c.Duration = time.Second
+		}
+	}
+}
+
+func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	cfg := benchFlags(fs)
+	if err := parseFlags(fs, args, stderr, benchIntro); err != nil {
+		return err
+	}
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintln(stderr, err)
+		return errUsage
+	}
+	dir, err := os.MkdirTemp("", "telkeys-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	cfg.DataDir = dir
+
+	var secret [32]byte
+	_, _ = rand.Read(secret[:])
+	b := &bench{cfg: *cfg, progress: newProgress(stderr), secret: hex.EncodeToString(secret[:])}
+	if b.auth, err = auth.New([]byte(b.secret), commands.ValidTeamID); err != nil {
+		return err
+	}
+	defer b.close()
+	if err := b.run(ctx); err != nil {
+		return err
+	}
+	rep := report{
+		Date: time.Now().UTC().Format(time.RFC3339), Quick: cfg.Quick, Keys: cfg.Keys,
+		CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), Figures: b.figures,
+	}
+	slices.SortStableFunc(rep.Figures, func(a, b figure) int {
+		return slices.Index(benchScenarios, a.Scenario) - slices.Index(benchScenarios, b.Scenario)
+	})
+	if cfg.JSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	return rep.table(stdout)
+}
+
+// bench is one run of the harness: the service under test and what the
+// scenarios share.
+type bench struct {
+	cfg      benchConfig
+	progress *progress
+	secret   string
+	auth     *auth.Authority
+	data     dataset
+	svc      *Service
+	nc       *nats.Conn // the bench's own client connection
+	js       jetstream.JetStream
+	nodes    []*benchNode // keyauth validators on their own connections
+	figures  []figure
+}
+
+func (b *bench) run(ctx context.Context) error {
+	needsData := false
+	for _, s := range benchScenarios {
+		needsData = needsData || (s != "create" && b.cfg.wants(s))
+	}
+	if needsData {
+		if err := b.load(ctx); err != nil {
+			return fmt.Errorf("storing the history: %w", err)
+		}
+		if err := b.firstStart(ctx); err != nil {
+			return err
+		}
+	}
+	if err := b.startup(ctx); err != nil {
+		return fmt.Errorf("startup: %w", err)
+	}
+	steps := []struct {
+		name string
+		run  func(context.Context) error
+	}{
+		{"verify-local", b.verifyLocal},
+		{"replay", b.replay},
+		{"verify-http", b.verifyHTTP},
+		{"node-gate", b.nodeGate},
+		{"revoke", b.revoke},
+		{"create", b.create},
+	}
+	for _, s := range steps {
+		if !b.cfg.wants(s.name) {
+			continue
+		}
+		b.progress.printf("%s: starting", s.name)
+		if err := s.run(ctx); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
+	return nil
+}
+
+// serveConfig is how the bench runs telkeys: the embedded server on the
+// bench's data dir (sync always), or the given NATS.
+func (b *bench) serveConfig() ServeConfig {
+	return ServeConfig{
+		DataDir: b.cfg.DataDir, HTTPAddr: "127.0.0.1:0", NATSAddr: "127.0.0.1:0", NATSURL: b.cfg.NATSURL,
+		Replicas: 1, AuthSecret: b.secret, LogFormat: "text", LogLevel: "error",
+	}
+}
+
+func (b *bench) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(b.progress.w, &slog.HandlerOptions{Level: slog.LevelError}))
+}
+
+func (b *bench) close() {
+	for _, n := range b.nodes {
+		n.close()
+	}
+	if b.nc != nil {
+		b.nc.Close()
+	}
+	if b.svc != nil {
+		_ = b.svc.Shutdown(context.Background())
+	}
+}
+
+func (b *bench) token(role auth.Role, team string) string {
+	tok, err := b.auth.Mint(auth.Claims{Subject: "telkeys-bench", Role: role, Team: team}, 2*time.Hour)
+	if err != nil {
+		panic(err) // only a bad team id fails, and the bench makes its own
+	}
+	return tok
+}
+
+func (b *bench) add(f figure) { b.figures = append(b.figures, f) }
+
+// progress reports what the bench is doing on stderr: phase lines, and for
+// long loops at most one line a second.
+type progress struct {
+	w     io.Writer
+	start time.Time
+	next  time.Time
+}
+
+func newProgress(w io.Writer) *progress { return &progress{w: w, start: time.Now()} }
+
+func (p *progress) printf(format string, args ...any) {
+	fmt.Fprintf(p.w, "[%6.1fs] %s\n", time.Since(p.start).Seconds(), fmt.Sprintf(format, args...))
+}
+
+// tick reports done of total, at most once a second, and always at the end.
+func (p *progress) tick(what string, done, total int) {
+	if now := time.Now(); done == total || now.After(p.next) {
+		p.next = now.Add(time.Second)
+		p.printf("%s: %d/%d (%.0f%%)", what, done, total, 100*float64(done)/float64(max(total, 1)))
+	}
+}

@@ -1,0 +1,256 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/valyala/fasthttp"
+
+	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/cmd/telapi-node/node"
+	"github.com/telapi/telkeys/keyauth"
+)
+
+// httpConns is the number of connections of verify-http and node-gate.
+const httpConns = 64
+
+// httpLoad is a closed-loop HTTP load: workers, each on its own keep-alive
+// connection, send a request as soon as the last one is answered, until
+// each has sent perWorker requests (if > 0) or until the deadline (if set).
+// fasthttp's client, because the load shares the CPUs with the server and
+// net/http's client would take more of them.
+type httpLoad struct {
+	addr      string
+	workers   int
+	perWorker int
+	duration  time.Duration
+	// build sets up request i of worker w; want is the expected status.
+	build func(w, i int, req *fasthttp.Request)
+	want  int
+}
+
+type httpResult struct {
+	requests int
+	elapsed  time.Duration
+	lat      latencies // sorted
+}
+
+func (r httpResult) rate() float64 { return float64(r.requests) / r.elapsed.Seconds() }
+
+func (l httpLoad) run(ctx context.Context) (httpResult, error) {
+	client := &fasthttp.HostClient{Addr: l.addr, MaxConns: l.workers, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+	defer client.CloseIdleConnections()
+	lat := make([]latencies, l.workers)
+	errs := make([]error, l.workers)
+	var deadline time.Time
+	if l.duration > 0 {
+		deadline = time.Now().Add(l.duration)
+	}
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range l.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, res := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+			defer fasthttp.ReleaseRequest(req)
+			defer fasthttp.ReleaseResponse(res)
+			for i := 0; l.perWorker <= 0 || i < l.perWorker; i++ {
+				if (!deadline.IsZero() && time.Now().After(deadline)) || ctx.Err() != nil {
+					return
+				}
+				req.Reset()
+				l.build(w, i, req)
+				req.SetHost(l.addr)
+				t0 := time.Now()
+				err := client.Do(req, res)
+				lat[w] = append(lat[w], time.Since(t0))
+				if err == nil && res.StatusCode() != l.want {
+					err = fmt.Errorf("%s %s: status %d, want %d: %.300s", req.Header.Method(), req.URI().Path(), res.StatusCode(), l.want, res.Body())
+				}
+				if err != nil {
+					errs[w] = err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	r := httpResult{elapsed: time.Since(start)}
+	var all latencies
+	for w := range l.workers {
+		if errs[w] != nil {
+			return r, errs[w]
+		}
+		all = append(all, lat[w]...)
+	}
+	r.requests, r.lat = len(all), all.sorted()
+	return r, ctx.Err()
+}
+
+// timed runs l for a short warm-up, then for the bench's duration.
+func (b *bench) timed(ctx context.Context, what string, l httpLoad) (httpResult, error) {
+	l.duration = max(b.cfg.Duration/10, 200*time.Millisecond)
+	if _, err := l.run(ctx); err != nil {
+		return httpResult{}, err
+	}
+	b.progress.printf("%s: %d connections for %s", what, l.workers, b.cfg.Duration)
+	l.duration = b.cfg.Duration
+	r, err := l.run(ctx)
+	if err == nil {
+		b.progress.printf("%s: %.0f req/s, p50 %.2f ms, p99 %.2f ms", what, r.rate(), ms(r.lat.at(0.5)), ms(r.lat.at(0.99)))
+	}
+	return r, err
+}
+
+// verifyHTTP loads POST /v1/keys/verify with the stored keys, then GET
+// /healthz, a constant 200 on the same server, middleware and all.
+func (b *bench) verifyHTTP(ctx context.Context) error {
+	bearer := []byte("Bearer " + b.token(auth.RoleNode, ""))
+	bodies := make([][]byte, len(b.data.sample))
+	for i, k := range b.data.sample {
+		bodies[i] = []byte(`{"key":"` + k + `","scope":"` + benchScope + `"}`)
+	}
+	verify, err := b.timed(ctx, "POST /v1/keys/verify", httpLoad{
+		addr: b.svc.HTTPAddr, workers: httpConns, want: 200,
+		build: func(w, i int, req *fasthttp.Request) {
+			req.Header.SetMethod(fiber.MethodPost)
+			req.SetRequestURI("/v1/keys/verify")
+			req.Header.SetBytesV(fiber.HeaderAuthorization, bearer)
+			req.Header.SetContentType(fiber.MIMEApplicationJSON)
+			req.SetBody(bodies[(w*7919+i)%len(bodies)])
+		},
+	})
+	if err != nil {
+		return err
+	}
+	floor, err := b.timed(ctx, "GET /healthz", httpLoad{
+		addr: b.svc.HTTPAddr, workers: httpConns, want: 200,
+		build: func(w, i int, req *fasthttp.Request) {
+			req.SetRequestURI("/healthz")
+			req.Header.SetBytesV(fiber.HeaderAuthorization, bearer)
+		},
+	})
+	if err != nil {
+		return err
+	}
+	b.addHTTP("verify-http", "POST /v1/keys/verify", verify, floor, "GET /healthz, same server", 0.6)
+	return nil
+}
+
+func (b *bench) addHTTP(scenario, what string, r, floor httpResult, floorName string, target float64) {
+	conns := fmt.Sprintf(", %d conns", httpConns)
+	b.add(figure{Scenario: scenario, Figure: what + conns, Value: r.rate(), Unit: "req/s"}.withFloor(floorName, floor.rate()).ratioAtLeast(target))
+	b.add(figure{Scenario: scenario, Figure: what + " p50", Value: ms(r.lat.at(0.5)), Unit: "ms"}.withFloor(floorName, ms(floor.lat.at(0.5))))
+	b.add(figure{Scenario: scenario, Figure: what + " p99", Value: ms(r.lat.at(0.99)), Unit: "ms"}.withFloor(floorName, ms(floor.lat.at(0.99))))
+}
+
+// allowAll is a node Verifier that checks nothing: the floor of node-gate.
+type allowAll struct{}
+
+func (allowAll) Verify(string, string) keyauth.Result {
+	return keyauth.Result{Code: keyauth.Valid, Team: benchTeam(0), Scopes: keyauth.ScopeReadTeamApps, Limit: -1}
+}
+func (allowAll) Current() bool { return true }
+
+// nodeGate loads GET /api/v1/apps on a TelAPI node that checks keys with
+// keyauth, then on the same node with checking switched off.
+func (b *bench) nodeGate(ctx context.Context) error {
+	if err := b.startNodes(ctx); err != nil {
+		return err
+	}
+	serve := func(v node.Verifier) (addr string, stop func(), err error) {
+		app := node.New(v, []byte("bench-webhook-secret"))
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", nil, err
+		}
+		go func() { _ = app.Listener(ln) }()
+		return ln.Addr().String(), func() { _ = app.ShutdownWithTimeout(5 * time.Second) }, nil
+	}
+	load := func(addr string) httpLoad {
+		return httpLoad{addr: addr, workers: httpConns, want: 200, build: func(w, i int, req *fasthttp.Request) {
+			req.SetRequestURI("/api/v1/apps")
+			req.Header.Set("X-API-Key", b.data.sample[(w*7919+i)%len(b.data.sample)])
+		}}
+	}
+	gated, stop, err := serve(b.nodes[0].v)
+	if err != nil {
+		return err
+	}
+	r, err := b.timed(ctx, "node GET /api/v1/apps, keys checked", load(gated))
+	stop()
+	if err != nil {
+		return err
+	}
+	open, stop, err := serve(allowAll{})
+	if err != nil {
+		return err
+	}
+	defer stop()
+	floor, err := b.timed(ctx, "node GET /api/v1/apps, checking off", load(open))
+	if err != nil {
+		return err
+	}
+	b.addHTTP("node-gate", "node GET /api/v1/apps", r, floor, "key checking off", 0.8)
+	return nil
+}
+
+// benchNode is a keyauth validator on a NATS connection of its own, as on
+// a TelAPI node.
+type benchNode struct {
+	nc *nats.Conn
+	v  *keyauth.Validator
+}
+
+func (n *benchNode) close() {
+	n.v.Close()
+	n.nc.Close()
+}
+
+// startNodes starts three validators, once, in parallel.
+func (b *bench) startNodes(ctx context.Context) error {
+	if b.nodes != nil {
+		return nil
+	}
+	b.progress.printf("starting 3 keyauth nodes on their own connections")
+	nodes := make([]*benchNode, 3)
+	errs := make([]error, 3)
+	var wg sync.WaitGroup
+	for i := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			nc, err := nats.Connect(b.svc.NATSURL, nats.Name("telkeys-bench-node-"+strconv.Itoa(i)))
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			v, err := keyauth.New(ctx, nc, keyauth.Config{Name: "bench-node-" + strconv.Itoa(i)})
+			if err != nil {
+				nc.Close()
+				errs[i] = err
+				return
+			}
+			nodes[i] = &benchNode{nc: nc, v: v}
+		}()
+	}
+	wg.Wait()
+	for _, n := range nodes {
+		if n != nil {
+			b.nodes = append(b.nodes, n)
+		}
+	}
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
