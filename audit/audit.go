@@ -7,7 +7,6 @@ package audit
 import (
 	"context"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"time"
 
@@ -60,7 +59,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, f Filter, fn func(Event
 	if info.State.Msgs == 0 || f.After >= last {
 		return nil
 	}
-	cfg := jetstream.OrderedConsumerConfig{} // no filter: counting a wildcard's pending messages is slow
+	cfg := jetstream.OrderedConsumerConfig{}
 	if f.Team != "" {
 		cfg.FilterSubjects = []string{subjectIn(info.Config.Subjects, events.TeamAggregate(f.Team))}
 	}
@@ -75,58 +74,33 @@ func Replay(ctx context.Context, js jetstream.JetStream, f Filter, fn func(Event
 	if err != nil {
 		return err
 	}
-	cinfo, err := cons.Info(ctx)
-	if err != nil {
-		return err
-	}
-	remaining := cinfo.NumPending
 	var done uint64
 	n := 0
-	for remaining > 0 {
-		batch, err := cons.Fetch(int(min(remaining, 500)), jetstream.FetchMaxWait(10*time.Second))
-		if err != nil {
-			return err
-		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			md, err := m.Metadata()
-			if err != nil {
-				return err
-			}
-			remaining = md.NumPending
-			done++
-			if md.Sequence.Stream > last {
-				return nil // written after the replay began
-			}
-			if !f.Until.IsZero() && md.Timestamp.After(f.Until) {
-				return nil
-			}
-			ev, err := events.Unmarshal(m.Data())
-			if err != nil {
-				return fmt.Errorf("audit: event at seq %d: %w", md.Sequence.Stream, err)
-			}
-			if f.Type != "" && ev.Type != f.Type {
-				continue
-			}
-			if err := fn(Event{Seq: md.Sequence.Stream, Envelope: ev, Stored: md.Timestamp}); err != nil {
-				return err
-			}
-			if n++; f.Limit > 0 && n >= f.Limit {
-				return nil
-			}
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			return err
-		}
-		if got == 0 {
-			return errors.New("audit: replay stalled")
-		}
-		if progress != nil {
+	return bus.ReadPending(ctx, cons, func(m jetstream.Msg, md *jetstream.MsgMetadata) error {
+		if done++; progress != nil && (done%1000 == 0 || md.NumPending == 0) {
 			progress(done, last)
 		}
-	}
-	return nil
+		if md.Sequence.Stream > last {
+			return bus.ErrStop // written after the replay began
+		}
+		if !f.Until.IsZero() && md.Timestamp.After(f.Until) {
+			return bus.ErrStop
+		}
+		ev, err := events.Unmarshal(m.Data())
+		if err != nil {
+			return fmt.Errorf("audit: event at seq %d: %w", md.Sequence.Stream, err)
+		}
+		if f.Type != "" && ev.Type != f.Type {
+			return nil
+		}
+		if err := fn(Event{Seq: md.Sequence.Stream, Envelope: ev, Stored: md.Timestamp}); err != nil {
+			return err
+		}
+		if n++; f.Limit > 0 && n >= f.Limit {
+			return bus.ErrStop
+		}
+		return nil
+	})
 }
 
 // subjectIn maps an aggregate to its subject in a stream whose subjects may

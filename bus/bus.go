@@ -251,3 +251,48 @@ func kvBucket(ctx context.Context, js jetstream.JetStream, name, desc string, re
 	}
 	return kv, nil
 }
+
+// ErrStop ends ReadPending early without an error.
+var ErrStop = errors.New("bus: stop reading")
+
+// ReadPending calls fn for every message pending on cons when it is called,
+// in order, through one pull subscription. An ordered consumer's Fetch
+// recreates the consumer every time, and the server then counts its pending
+// messages again, which takes time linear in the stream's subjects: reading
+// a million-key bucket in batches that way was quadratic.
+func ReadPending(ctx context.Context, cons jetstream.Consumer, fn func(jetstream.Msg, *jetstream.MsgMetadata) error) error {
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return err
+	}
+	remaining := info.NumPending
+	if remaining == 0 {
+		return nil
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(1024))
+	if err != nil {
+		return err
+	}
+	defer it.Stop()
+	for remaining > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		m, err := it.Next(jetstream.NextMaxWait(10 * time.Second))
+		if err != nil {
+			return fmt.Errorf("bus: reading %s (%d messages left): %w", info.Stream, remaining, err)
+		}
+		md, err := m.Metadata()
+		if err != nil {
+			return err
+		}
+		remaining = md.NumPending
+		if err := fn(m, md); err != nil {
+			if errors.Is(err, ErrStop) {
+				return nil
+			}
+			return err
+		}
+	}
+	return nil
+}

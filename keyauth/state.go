@@ -3,6 +3,7 @@ package keyauth
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"sync"
 	"sync/atomic"
 
@@ -67,6 +68,10 @@ type team struct {
 }
 
 type key struct {
+	// hash is the key's SHA-256. The map holds its first 8 bytes; next is
+	// another key whose hash starts with the same 8 bytes (almost never).
+	hash   apikey.Hash
+	next   *key
 	id     string
 	team   *team
 	scopes ScopeSet
@@ -79,9 +84,16 @@ type key struct {
 
 const shards = 64
 
+// shard maps the first 8 bytes of a key's hash to the key: 16-byte map
+// slots instead of 40, so that a lookup among a million keys touches fewer
+// cache lines, and the heap is smaller.
 type shard struct {
 	mu sync.RWMutex
-	m  map[apikey.Hash]*key
+	m  map[uint64]*key
+}
+
+func (s *state) shard(h apikey.Hash) (*shard, uint64) {
+	return &s.keys[h[8]%shards], binary.LittleEndian.Uint64(h[:8])
 }
 
 // state is everything the validator knows. Verify only reads it; one
@@ -104,7 +116,7 @@ type state struct {
 
 func (s *state) init() {
 	for i := range s.keys {
-		s.keys[i].m = map[apikey.Hash]*key{}
+		s.keys[i].m = map[uint64]*key{}
 	}
 	s.teams = map[string]*team{}
 	s.advanced = make(chan struct{})
@@ -113,7 +125,7 @@ func (s *state) init() {
 
 // hashKey is SHA-256 of the key through a stack buffer: hashing the string
 // directly would make it escape and allocate. Keys longer than apikey.Len
-// never get here (Parse refuses them).
+// never get here (Verify checks the length first).
 func hashKey(k string) apikey.Hash {
 	var buf [apikey.Len]byte
 	n := copy(buf[:], k)
@@ -121,9 +133,12 @@ func hashKey(k string) apikey.Hash {
 }
 
 func (s *state) lookup(h apikey.Hash) *key {
-	sh := &s.keys[h[0]%shards]
+	sh, p := s.shard(h)
 	sh.mu.RLock()
-	k := sh.m[h]
+	k := sh.m[p]
+	for k != nil && k.hash != h {
+		k = k.next
+	}
 	sh.mu.RUnlock()
 	return k
 }
@@ -162,30 +177,57 @@ func (s *state) eachKey(f func(*key)) {
 		sh := &s.keys[i]
 		sh.mu.RLock()
 		for _, k := range sh.m {
-			f(k)
+			for ; k != nil; k = k.next {
+				f(k)
+			}
 		}
 		sh.mu.RUnlock()
 	}
 }
 
 func (s *state) putKey(h apikey.Hash, k *key) {
-	sh := &s.keys[h[0]%shards]
+	k.hash = h
+	sh, p := s.shard(h)
 	sh.mu.Lock()
-	if _, ok := sh.m[h]; !ok {
+	defer sh.mu.Unlock()
+	head, replaced := unlink(sh.m[p], h)
+	k.next, sh.m[p] = head, k
+	if !replaced {
 		s.keysCount.Add(1)
 	}
-	sh.m[h] = k
-	sh.mu.Unlock()
 }
 
 func (s *state) dropKey(h apikey.Hash) {
-	sh := &s.keys[h[0]%shards]
+	sh, p := s.shard(h)
 	sh.mu.Lock()
-	if _, ok := sh.m[h]; ok {
-		delete(sh.m, h)
+	defer sh.mu.Unlock()
+	head, removed := unlink(sh.m[p], h)
+	if head == nil {
+		delete(sh.m, p)
+	} else {
+		sh.m[p] = head
+	}
+	if removed {
 		s.keysCount.Add(-1)
 	}
-	sh.mu.Unlock()
+}
+
+// unlink removes the key with hash h from a chain; the caller holds the
+// shard's write lock.
+func unlink(head *key, h apikey.Hash) (*key, bool) {
+	if head == nil {
+		return nil, false
+	}
+	if head.hash == h {
+		return head.next, true
+	}
+	for c := head; c.next != nil; c = c.next {
+		if c.next.hash == h {
+			c.next = c.next.next
+			return head, true
+		}
+	}
+	return head, false
 }
 
 func (s *state) setConfig(t *team, seq uint64, enabled bool, allowed []string, limit *int64) {

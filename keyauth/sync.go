@@ -25,6 +25,7 @@ import (
 func (v *Validator) start(ctx context.Context) error {
 	runCtx, cancel := context.WithCancel(context.Background())
 	v.cancel = cancel
+	v.every(runCtx, clockTick, nil, func() { v.clock.Store(v.cfg.Now().UnixNano()) })
 
 	hb, err := v.nc.Subscribe(bus.HeartbeatSubject, v.onHeartbeat)
 	if err != nil {
@@ -117,47 +118,34 @@ func (v *Validator) load(ctx context.Context) (uint64, error) {
 			return 0, err
 		}
 	}
-	pre := "$KV." + bus.BucketReadModel + "."
-	cons, err := v.js.OrderedConsumer(ctx, "KV_"+bus.BucketReadModel, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{pre + bus.KeyPrefix + ">", pre + bus.TeamPrefix + ">", pre + bus.FlagPrefix + ">"},
-		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
-	})
-	if err != nil {
-		return 0, err
-	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		return 0, err
-	}
-	remaining := info.NumPending
-	for remaining > 0 {
-		batch, err := cons.Fetch(int(min(remaining, 1000)), jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
+	// One consumer per record type, each with a single filter: the server
+	// answers a single filter from its subject index, while several
+	// filters over a million subjects cost it seconds per batch. The
+	// bucket keeps one message per subject, so reading everything from the
+	// start reads each record's last value.
+	for _, prefix := range []string{bus.FlagPrefix, bus.TeamPrefix, bus.KeyPrefix} {
+		if err := v.loadPrefix(ctx, prefix); err != nil {
 			return 0, err
-		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			md, err := m.Metadata()
-			if err != nil {
-				return 0, err
-			}
-			remaining = md.NumPending
-			if op := m.Headers().Get("KV-Operation"); op == "DEL" || op == "PURGE" {
-				continue
-			}
-			if err := v.loadRecord(strings.TrimPrefix(m.Subject(), pre), m.Data()); err != nil {
-				return 0, err
-			}
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-			return 0, err
-		}
-		if n == 0 {
-			return 0, errors.New("read-model load stalled")
 		}
 	}
 	return cp, nil
+}
+
+// loadPrefix loads every record whose name starts with prefix.
+func (v *Validator) loadPrefix(ctx context.Context, prefix string) error {
+	pre := "$KV." + bus.BucketReadModel + "."
+	cons, err := v.js.OrderedConsumer(ctx, "KV_"+bus.BucketReadModel, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{pre + prefix + ">"},
+	})
+	if err != nil {
+		return err
+	}
+	return bus.ReadPending(ctx, cons, func(m jetstream.Msg, _ *jetstream.MsgMetadata) error {
+		if op := m.Headers().Get("KV-Operation"); op == "DEL" || op == "PURGE" {
+			return nil
+		}
+		return v.loadRecord(strings.TrimPrefix(m.Subject(), pre), m.Data())
+	})
 }
 
 func (v *Validator) loadRecord(name string, data []byte) error {
@@ -243,6 +231,11 @@ func (v *Validator) heard() {
 }
 
 const awaitingHeartbeat = math.MaxUint64
+
+// clockTick is how often the validator's copy of the clock is refreshed:
+// the precision of staleness, of the UTC day of a verification and of
+// last-used times.
+const clockTick = 10 * time.Millisecond
 
 // watchConnection notices reconnects: until the validator has applied what
 // the first heartbeat after the reconnect announces, it is not current.

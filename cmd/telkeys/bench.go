@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"time"
@@ -37,6 +38,9 @@ type benchConfig struct {
 	Deletes  int
 	Creates  int
 	DataDir  string
+	// CPUProfile, if set, is where the bench writes a CPU profile of its
+	// own process (telkeys, its embedded NATS and the load generators).
+	CPUProfile string
 }
 
 // Validate reports every problem at once.
@@ -116,6 +120,7 @@ func benchFlags(fs *flag.FlagSet) *benchConfig {
 	fs.DurationVar(&c.Duration, "duration", 0, "length of each HTTP load (default 10s, or 1s with --quick)")
 	fs.IntVar(&c.Deletes, "deletes", 0, "keys to delete in revoke (default 1000, or 50 with --quick)")
 	fs.IntVar(&c.Creates, "creates", 0, "keys to create in create (default 3200, or 160 with --quick)")
+	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
 	return c
 }
 
@@ -156,6 +161,17 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer os.RemoveAll(dir)
 	cfg.DataDir = dir
+	if cfg.CPUProfile != "" {
+		f, err := os.Create(cfg.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 
 	var secret [32]byte
 	_, _ = rand.Read(secret[:])

@@ -83,7 +83,7 @@ func (b *bench) load(ctx context.Context) error {
 	}
 
 	d := dataset{teams: (b.cfg.Keys + keysPerTeam - 1) / keysPerTeam}
-	perTeamSample := max(1, 1024/d.teams)
+	perTeamSample := (1024 + d.teams - 1) / d.teams
 	actor := events.Actor{Subject: "telkeys-bench", Role: "member"}
 	admin := events.Actor{Subject: "telkeys-bench", Role: "superadmin"}
 	total := b.cfg.Keys + d.teams

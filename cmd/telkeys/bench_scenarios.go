@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"runtime"
-		"sync"
+	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -46,20 +46,13 @@ func (b *bench) replay(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		for got := uint64(0); got < n; {
-			batch, err := cons.Fetch(int(min(n-got, 500)), jetstream.FetchMaxWait(10*time.Second))
-			if err != nil {
-				return err
+		var got uint64
+		return bus.ReadPending(ctx, cons, func(jetstream.Msg, *jetstream.MsgMetadata) error {
+			if got++; got%1000 == 0 || got == n {
+				tick("raw ordered-consumer read")(got, n)
 			}
-			for range batch.Messages() {
-				got++
-			}
-			if err := batch.Error(); err != nil {
-				return err
-			}
-			tick("raw ordered-consumer read")(got, n)
-		}
-		return nil
+			return nil
+		})
 	})
 	if err != nil {
 		return err
