@@ -62,6 +62,11 @@ const (
 
 	// BucketLastUsed holds, per team, when each key was last used.
 	BucketLastUsed = "telkeys_lastused"
+	// BucketKeyIndex is an object store holding one object, KeyIndexObject:
+	// every key, team and flag a validator needs, at one event sequence.
+	// Validators start from it instead of reading a million KV records.
+	BucketKeyIndex = "telkeys_keyindex"
+	KeyIndexObject = "keyindex"
 )
 
 // UsageSubject returns the counter subject of a team on a UTC day.
@@ -101,6 +106,8 @@ type Handles struct {
 	Snapshots       jetstream.KeyValue
 	Usage           jetstream.Stream
 	LastUsed        jetstream.KeyValue
+	// KeyIndex is nil when a validator opens a deployment that has none.
+	KeyIndex jetstream.ObjectStore
 }
 
 // EventStreamConfig is the event stream's configuration.
@@ -166,6 +173,14 @@ func Setup(ctx context.Context, js jetstream.JetStream, replicas int) (*Handles,
 	if err != nil {
 		return nil, fmt.Errorf("bus: usage stream: %w", err)
 	}
+	if h.KeyIndex, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket:      BucketKeyIndex,
+		Description: "validator snapshots: every key, team and flag at one event sequence",
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+	}); err != nil {
+		return nil, fmt.Errorf("bus: bucket %s: %w", BucketKeyIndex, err)
+	}
 	if h.LastUsed, err = kvBucket(ctx, js, BucketLastUsed, "when each key was last used, per team", replicas); err != nil {
 		return nil, err
 	}
@@ -210,6 +225,12 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Handles, error) {
 	}
 	if h.LastUsed, err = js.KeyValue(ctx, BucketLastUsed); err != nil {
 		return nil, fmt.Errorf("bus: %s: %w", BucketLastUsed, err)
+	}
+	if h.KeyIndex, err = js.ObjectStore(ctx, BucketKeyIndex); errors.Is(err, jetstream.ErrBucketNotFound) {
+		err = nil // made by older telkeys: validators then read the KV records
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bus: %s: %w", BucketKeyIndex, err)
 	}
 	return &h, nil
 }

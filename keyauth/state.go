@@ -107,6 +107,9 @@ type state struct {
 	webrtcOff atomic.Bool
 	flagSeq   uint64
 
+	// applyMu is held while an event is applied, so that a key index can
+	// copy the state at one sequence.
+	applyMu   sync.Mutex
 	applied   atomic.Uint64
 	waitMu    sync.Mutex
 	advanced  chan struct{} // closed and replaced when applied moves
@@ -114,11 +117,15 @@ type state struct {
 	kick      chan struct{} // asks for an early usage flush
 }
 
+// init empties the state; it runs before anything reads it.
 func (s *state) init() {
 	for i := range s.keys {
 		s.keys[i].m = map[uint64]*key{}
 	}
+	s.keysCount.Store(0)
 	s.teams = map[string]*team{}
+	s.flagSeq = 0
+	s.webrtcOff.Store(false)
 	s.advanced = make(chan struct{})
 	s.kick = make(chan struct{}, 1)
 }

@@ -33,16 +33,22 @@ func (v *Validator) start(ctx context.Context) error {
 	}
 	v.subs = append(v.subs, hb)
 
-	cp, err := v.load(ctx)
-	if err != nil {
-		return fmt.Errorf("keyauth: load read models: %w", err)
-	}
-	v.st.advance(cp)
 	info, err := v.h.Events.Info(ctx)
 	if err != nil {
 		return err
 	}
 	target := info.State.LastSeq
+	loadStart := time.Now()
+	cp, fromIndex, err := v.loadIndex(ctx, target)
+	if err == nil && !fromIndex {
+		cp, err = v.load(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("keyauth: load read models: %w", err)
+	}
+	v.st.advance(cp)
+	v.cfg.Log.Debug("keyauth: state loaded", "from_key_index", fromIndex, "keys", v.st.keysCount.Load(),
+		"event", cp, "ms", time.Since(loadStart).Milliseconds())
 
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{bus.EventSubjects}}
 	if cp > 0 {
@@ -192,6 +198,8 @@ func (v *Validator) onEvent(m jetstream.Msg) {
 	if seq <= v.Applied() {
 		return
 	}
+	v.st.applyMu.Lock()
+	defer v.st.applyMu.Unlock()
 	ev, err := events.Unmarshal(m.Data())
 	if err != nil {
 		v.cfg.Log.Error("keyauth: undecodable event", "seq", seq, "err", err)

@@ -242,6 +242,9 @@ func Start(ctx context.Context, cfg ServeConfig, log *slog.Logger) (svc *Service
 		return nil, err
 	}
 	svc.every(time.Second, func(ctx context.Context) { heartbeat(ctx, svc.nc, h, log) })
+	// The key index lets validators start from one object instead of every
+	// KV record; refreshed once enough has changed, and at shutdown.
+	svc.every(30*time.Second, func(ctx context.Context) { svc.writeKeyIndex(ctx, keyIndexEvery) })
 
 	cmds, err := commands.New(commands.Config{
 		JS: js, Events: h.Events, Snapshots: h.Snapshots,
@@ -281,6 +284,22 @@ func Start(ctx context.Context, cfg ServeConfig, log *slog.Logger) (svc *Service
 	return svc, nil
 }
 
+// keyIndexEvery is how many events the validator must be ahead of the
+// stored key index before telkeys writes a new one (besides at shutdown).
+const keyIndexEvery = 10_000
+
+func (s *Service) writeKeyIndex(ctx context.Context, minEvents uint64) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	t0 := time.Now()
+	seq, err := s.validator.WriteKeyIndex(ctx, minEvents)
+	if err != nil {
+		s.log.Warn("key index not written", "err", err)
+		return
+	}
+	s.log.Debug("key index", "event", seq, "ms", time.Since(t0).Milliseconds())
+}
+
 // setupWithRetry creates streams and buckets, retrying while a fresh
 // cluster has no JetStream meta leader yet.
 func setupWithRetry(ctx context.Context, js jetstream.JetStream, replicas int, log *slog.Logger) (*bus.Handles, error) {
@@ -315,6 +334,7 @@ func (s *Service) Shutdown(ctx context.Context) error {
 			s.bg.Wait()
 		}
 		if s.validator != nil {
+			s.writeKeyIndex(ctx, 1)
 			s.validator.Close()
 		}
 		if s.trackSub != nil {

@@ -1,0 +1,152 @@
+package keyauth_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/telapi/telkeys/bus"
+	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/keyauth"
+)
+
+// logBuffer collects a validator's debug log.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// indexRig has a history with every kind of change, part of it before the
+// key index and part after.
+type indexRig struct {
+	*rig
+	keys    []commands.CreatedKey // created; the even ones deleted
+	writer  *keyauth.Validator
+	indexAt uint64
+}
+
+func newIndexRig(t *testing.T) *indexRig {
+	r := &indexRig{rig: newRig(t)}
+	r.configure("acme", true, []string{apps, calls}, ptr[int64](1000))
+	r.configure("beta", true, []string{apps}, nil)
+	r.configure("off", false, []string{apps}, nil)
+	for i := range 6 {
+		team := []string{"acme", "beta"}[i%2]
+		r.keys = append(r.keys, r.create(team, apps))
+	}
+	r.del("acme", r.keys[0].Key.ID)
+	r.writer = r.validator(keyauth.Config{})
+	wait(t, r.writer, r.del("beta", r.keys[1].Key.ID)) // odd index, deleted before the index
+	seq, err := r.writer.WriteKeyIndex(context.Background(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seq != r.writer.Applied() {
+		t.Fatalf("index at %d, validator at %d", seq, r.writer.Applied())
+	}
+	r.indexAt = seq
+	// After the index: a delete, a create, a team change and the flag.
+	r.del("acme", r.keys[2].Key.ID)
+	r.keys = append(r.keys, r.create("beta", apps))
+	r.configure("beta", true, []string{apps, read}, nil)
+	r.flag(true)
+	return r
+}
+
+// check expects v to answer exactly like the validator that followed every
+// event from the start.
+func (r *indexRig) check(t *testing.T, v *keyauth.Validator) {
+	t.Helper()
+	wait(t, r.writer, v.Applied())
+	wait(t, v, r.writer.Applied())
+	for i, k := range r.keys {
+		for _, scope := range []string{apps, calls, read} {
+			got, want := v.Verify(k.Plaintext, scope), r.writer.Verify(k.Plaintext, scope)
+			if got.Code != want.Code || got.Team != want.Team || got.KeyID != want.KeyID || got.Scopes != want.Scopes || got.Limit != want.Limit {
+				t.Errorf("key %d %s: %+v, the validator that saw every event says %+v", i, scope, got, want)
+			}
+		}
+	}
+	if v.Keys() != r.writer.Keys() {
+		t.Errorf("%d keys, want %d", v.Keys(), r.writer.Keys())
+	}
+}
+
+// TestKeyIndex: a validator that starts from the key index and the events
+// after it knows exactly what one that followed every event knows.
+func TestKeyIndex(t *testing.T) {
+	r := newIndexRig(t)
+	logs := &logBuffer{}
+	v := r.validator(keyauth.Config{Log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if !strings.Contains(logs.String(), "from_key_index=true") {
+		t.Fatalf("the validator did not start from the key index:\n%s", logs)
+	}
+	r.check(t, v)
+	if r.keys[1].Plaintext == "" || v.Verify(r.keys[1].Plaintext, apps).Code != keyauth.NotFound {
+		t.Fatal("a key deleted before the index verifies")
+	}
+	if v.Verify(r.keys[2].Plaintext, apps).Code != keyauth.NotFound {
+		t.Fatal("a key deleted after the index verifies")
+	}
+}
+
+// TestKeyIndexUnusable: an index that is not in a known format, or that is
+// ahead of the event stream, is ignored; the validator reads the KV
+// records instead and is just as right.
+func TestKeyIndexUnusable(t *testing.T) {
+	for name, data := range map[string][]byte{
+		"garbage":        []byte("not a key index"),
+		"newer version":  []byte("tkix\x02rest"),
+		"cut off":        nil, // filled below: a real index, truncated
+		"ahead of event": nil,
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := newIndexRig(t)
+			obs := r.H.KeyIndex
+			switch name {
+			case "cut off", "ahead of event":
+				res, err := obs.GetBytes(context.Background(), bus.KeyIndexObject)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if name == "cut off" {
+					data = res[:len(res)-7]
+				} else {
+					data = append([]byte("tkix\x01\xff\xff\xff\x7f"), res[9:]...) // seq far ahead
+				}
+			}
+			if _, err := obs.Put(context.Background(), jetstream.ObjectMeta{Name: bus.KeyIndexObject}, bytes.NewReader(data)); err != nil {
+				t.Fatal(err)
+			}
+			logs := &logBuffer{}
+			ctx := context.Background()
+			nc := r.NC
+			v, err := keyauth.New(ctx, nc, keyauth.Config{Log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer v.Close()
+			if !strings.Contains(logs.String(), "from_key_index=false") {
+				t.Fatalf("the validator used an unusable index:\n%s", logs)
+			}
+			r.check(t, v)
+		})
+	}
+}
