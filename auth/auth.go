@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -62,7 +63,21 @@ type Authority struct {
 	// ValidTeam checks a member's team claim.
 	validTeam func(string) bool
 	now       func() time.Time
+
+	// verified remembers tokens that passed Verify, by their whole text
+	// (signature included): a TelAPI node sends the same token with every
+	// call, and parsing and checking it again cost a fifth of a verify
+	// request. Only expiry can change a verified token's verdict, and it is
+	// checked on every hit. Cleared when full.
+	mu       sync.RWMutex
+	verified map[string]Claims
 }
+
+// verifiedMax bounds the remembered tokens.
+const verifiedMax = 4096
+
+// leeway is the clock skew allowed on expiry.
+const leeway = 30 * time.Second
 
 // New returns an Authority. validTeam checks the team claim of members.
 func New(secret []byte, validTeam func(string) bool) (*Authority, error) {
@@ -72,7 +87,7 @@ func New(secret []byte, validTeam func(string) bool) (*Authority, error) {
 	if validTeam == nil {
 		return nil, errors.New("auth: a team validator is required")
 	}
-	return &Authority{secret: secret, validTeam: validTeam, now: time.Now}, nil
+	return &Authority{secret: secret, validTeam: validTeam, now: time.Now, verified: map[string]Claims{}}, nil
 }
 
 type jwtClaims struct {
@@ -106,20 +121,35 @@ func (a *Authority) Verify(token string) (Claims, error) {
 	if len(token) == 0 || len(token) > maxTokenLen {
 		return Claims{}, fmt.Errorf("%w: malformed token", ErrUnauthorized)
 	}
+	a.mu.RLock()
+	c, ok := a.verified[token]
+	a.mu.RUnlock()
+	if ok {
+		if !a.now().Before(c.Expires.Add(leeway)) {
+			return Claims{}, fmt.Errorf("%w: token expired", ErrUnauthorized)
+		}
+		return c, nil
+	}
 	var jc jwtClaims
 	_, err := jwt.ParseWithClaims(token, &jc, func(*jwt.Token) (any, error) { return a.secret, nil },
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 		jwt.WithExpirationRequired(),
-		jwt.WithLeeway(30*time.Second),
+		jwt.WithLeeway(leeway),
 		jwt.WithTimeFunc(a.now),
 	)
 	if err != nil {
 		return Claims{}, fmt.Errorf("%w: %s", ErrUnauthorized, reason(err))
 	}
-	c := Claims{Subject: jc.Subject, Role: jc.Role, Team: jc.Team, Expires: jc.ExpiresAt.Time}
+	c = Claims{Subject: jc.Subject, Role: jc.Role, Team: jc.Team, Expires: jc.ExpiresAt.Time}
 	if err := a.check(c); err != nil {
 		return Claims{}, fmt.Errorf("%w: %v", ErrUnauthorized, err)
 	}
+	a.mu.Lock()
+	if len(a.verified) >= verifiedMax {
+		clear(a.verified)
+	}
+	a.verified[strings.Clone(token)] = c
+	a.mu.Unlock()
 	return c, nil
 }
 

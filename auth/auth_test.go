@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -365,4 +366,39 @@ func TestResolveSecretConcurrent(t *testing.T) {
 func jsonInt(v int64) string {
 	b, _ := jwt.NewNumericDate(time.Unix(v, 0)).MarshalJSON()
 	return string(b)
+}
+
+// TestVerifiedTokensAreBounded: the remembered tokens never exceed
+// verifiedMax, and a token stays verifiable after the memory is cleared.
+func TestVerifiedTokensAreBounded(t *testing.T) {
+	a := newAuthority(t)
+	first, err := a.Mint(Claims{Subject: "n0", Role: RoleNode}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range verifiedMax + 10 {
+		tok, err := a.Mint(Claims{Subject: fmt.Sprintf("n%d", i), Role: RoleNode}, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Verify(tok); err != nil {
+			t.Fatal(err)
+		}
+		if len(a.verified) > verifiedMax {
+			t.Fatalf("%d tokens remembered", len(a.verified))
+		}
+	}
+	if c, err := a.Verify(first); err != nil || c.Subject != "n0" {
+		t.Fatalf("Verify after the memory was cleared: %+v, %v", c, err)
+	}
+	// Another signature: a character inside it changed (the last one
+	// carries padding bits).
+	i := len(first) - 10
+	other := "A"
+	if first[i] == 'A' {
+		other = "B"
+	}
+	if _, err := a.Verify(first[:i] + other + first[i+1:]); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("a token with another signature: %v", err)
+	}
 }
