@@ -258,10 +258,14 @@ func kvBucket(ctx context.Context, js jetstream.JetStream, name, desc string, re
 		Replicas:          replicas,
 		AllowRollup:       true,
 		DenyDelete:        true,
-		Duplicates:        2 * time.Minute,
-		Discard:           jetstream.DiscardNew,
-		AllowDirect:       false,
-		PersistMode:       jetstream.AsyncPersistMode,
+		// No write to a bucket carries a message id (they are
+		// compare-and-swaps), and a restart reads every message inside the
+		// window to rebuild it: after a burst of writes, seconds of startup
+		// for nothing. 100 ms is the server's smallest window.
+		Duplicates:  100 * time.Millisecond,
+		Discard:     jetstream.DiscardNew,
+		AllowDirect: false,
+		PersistMode: jetstream.AsyncPersistMode,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bus: bucket %s: %w", name, err)

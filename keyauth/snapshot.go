@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -163,16 +164,34 @@ func (v *Validator) decodeIndex(r *bufio.Reader, lastSeq uint64) (uint64, error)
 		teams[i] = t
 	}
 	n := d.uvarint()
-	for i := uint64(0); i < n && d.err == nil; i++ {
-		var h apikey.Hash
-		d.full(h[:])
+	if d.err != nil || n > 1<<28 {
+		return 0, fmt.Errorf("%w: bad key count", errIndexFormat)
+	}
+	s.presize(int(n))
+	// One allocation for every key, and one for every id: a million small
+	// ones cost more than reading the index. A key deleted later keeps its
+	// slab alive; the slab is the size of the index.
+	slab := make([]key, n)
+	hashes := make([]apikey.Hash, n)
+	ids := make([]byte, 0, n*uint64(len(idExample)))
+	ends := make([]uint32, n)
+	for i := range slab {
+		k := &slab[i]
+		d.full(hashes[i][:])
 		ti := d.uvarint()
-		k := &key{scopes: ScopeSet(d.byte()), seq: d.uvarint(), id: d.string()}
-		if d.err != nil || ti >= uint64(len(teams)) {
+		k.scopes, k.seq = ScopeSet(d.byte()), d.uvarint()
+		ids = append(ids, d.bytes()...)
+		if d.err != nil || ti >= uint64(len(teams)) || len(ids) > math.MaxUint32 {
 			return 0, fmt.Errorf("%w: key %d of %d is cut off or names no team", errIndexFormat, i, n)
 		}
-		k.team = teams[ti]
-		s.putKey(h, k)
+		k.team, ends[i] = teams[ti], uint32(len(ids))
+	}
+	all := string(ids)
+	start := uint32(0)
+	for i := range slab {
+		slab[i].id = all[start:ends[i]]
+		start = ends[i]
+		s.putKey(hashes[i], &slab[i])
 	}
 	if d.err != nil {
 		return 0, fmt.Errorf("keyauth: key index: %w", d.err)
@@ -220,20 +239,26 @@ func (d *decoder) full(p []byte) {
 	}
 }
 
-func (d *decoder) string() string {
+func (d *decoder) string() string { return string(d.bytes()) }
+
+// bytes reads a string into a buffer that the next read reuses.
+func (d *decoder) bytes() []byte {
 	n := d.uvarint()
 	if d.err != nil || n > 1024 {
 		if d.err == nil {
 			d.err = errIndexFormat
 		}
-		return ""
+		return nil
 	}
 	if cap(d.buf) < int(n) {
 		d.buf = make([]byte, n)
 	}
 	d.full(d.buf[:n])
-	return string(d.buf[:n])
+	return d.buf[:n]
 }
+
+// idExample has the length of a key id, to size the id block.
+const idExample = "key_01KMRJ7Z9Q2V4X6Y8A0C2E4G6J"
 
 func appendString(b []byte, s string) []byte {
 	return append(binary.AppendUvarint(b, uint64(len(s))), s...)

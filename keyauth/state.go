@@ -139,6 +139,15 @@ func hashKey(k string) apikey.Hash {
 	return sha256.Sum256(buf[:n])
 }
 
+// presize makes room for n keys before a bulk load.
+func (s *state) presize(n int) {
+	for i := range s.keys {
+		if len(s.keys[i].m) == 0 {
+			s.keys[i].m = make(map[uint64]*key, n/shards+n/shards/8)
+		}
+	}
+}
+
 func (s *state) lookup(h apikey.Hash) *key {
 	sh, p := s.shard(h)
 	sh.mu.RLock()

@@ -41,6 +41,8 @@ type benchConfig struct {
 	// CPUProfile, if set, is where the bench writes a CPU profile of its
 	// own process (telkeys, its embedded NATS and the load generators).
 	CPUProfile string
+	// LogLevel is the level of the service's log, on stderr.
+	LogLevel string
 }
 
 // Validate reports every problem at once.
@@ -53,6 +55,10 @@ func (c benchConfig) Validate() error {
 	}
 	if c.Keys < 1000 || c.Keys > 10_000_000 {
 		errs = append(errs, errors.New("--keys must be between 1000 and 10000000"))
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		errs = append(errs, errors.New("--log-level: want debug, info, warn or error"))
 	}
 	if c.Duration < 100*time.Millisecond || c.Duration > 10*time.Minute {
 		errs = append(errs, errors.New("--duration must be between 100ms and 10m"))
@@ -120,6 +126,7 @@ func benchFlags(fs *flag.FlagSet) *benchConfig {
 	fs.DurationVar(&c.Duration, "duration", 0, "length of each HTTP load (default 10s, or 1s with --quick)")
 	fs.IntVar(&c.Deletes, "deletes", 0, "keys to delete in revoke (default 1000, or 50 with --quick)")
 	fs.IntVar(&c.Creates, "creates", 0, "keys to create in create (default 3200, or 160 with --quick)")
+	fs.StringVar(&c.LogLevel, "log-level", "error", "log level of the telkeys under test, on stderr: debug shows where startup time goes")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
 	return c
 }
@@ -257,12 +264,13 @@ func (b *bench) run(ctx context.Context) error {
 func (b *bench) serveConfig() ServeConfig {
 	return ServeConfig{
 		DataDir: b.cfg.DataDir, HTTPAddr: "127.0.0.1:0", NATSAddr: "127.0.0.1:0", NATSURL: b.cfg.NATSURL,
-		Replicas: 1, AuthSecret: b.secret, LogFormat: "text", LogLevel: "error",
+		Replicas: 1, AuthSecret: b.secret, LogFormat: "text", LogLevel: b.cfg.LogLevel,
 	}
 }
 
 func (b *bench) logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(b.progress.w, &slog.HandlerOptions{Level: slog.LevelError}))
+	log, _ := newLogger(b.progress.w, "text", b.cfg.LogLevel) // validated
+	return log
 }
 
 func (b *bench) close() {

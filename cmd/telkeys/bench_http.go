@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -96,6 +97,9 @@ func (l httpLoad) run(ctx context.Context) (httpResult, error) {
 
 // timed runs l for a short warm-up, then for the bench's duration.
 func (b *bench) timed(ctx context.Context, what string, l httpLoad) (httpResult, error) {
+	// Garbage from earlier steps (a validator's warm-up) must not be
+	// collected on this load's time rather than on its floor's.
+	runtime.GC()
 	l.duration = max(b.cfg.Duration/10, 200*time.Millisecond)
 	if _, err := l.run(ctx); err != nil {
 		return httpResult{}, err

@@ -169,6 +169,8 @@ func Start(ctx context.Context, cfg ServeConfig, log *slog.Logger) (svc *Service
 		return nil, err
 	}
 	svc = &Service{log: log, httpErr: make(chan error, 1)}
+	t0 := time.Now()
+	stage := func(name string) { log.Debug("startup", "stage", name, "ms", time.Since(t0).Milliseconds()) }
 	defer func() {
 		if err != nil {
 			_ = svc.Shutdown(context.Background())
@@ -195,10 +197,12 @@ func Start(ctx context.Context, cfg ServeConfig, log *slog.Logger) (svc *Service
 	if err != nil {
 		return nil, err
 	}
+	stage("nats connected")
 	h, err := setupWithRetry(ctx, js, cfg.Replicas, log)
 	if err != nil {
 		return nil, err
 	}
+	stage("streams and buckets set up")
 
 	secret, err := auth.ResolveSecret(cfg.AuthSecret, cfg.DataDir)
 	if err != nil {
@@ -241,6 +245,7 @@ func Start(ctx context.Context, cfg ServeConfig, log *slog.Logger) (svc *Service
 	if err != nil {
 		return nil, err
 	}
+	stage("validator loaded")
 	svc.every(time.Second, func(ctx context.Context) { heartbeat(ctx, svc.nc, h, log) })
 	// The key index lets validators start from one object instead of every
 	// KV record; refreshed once enough has changed, and at shutdown.
@@ -280,7 +285,7 @@ func Start(ctx context.Context, cfg ServeConfig, log *slog.Logger) (svc *Service
 	if cfg.DevLogin {
 		log.Warn("!!! --dev-login is ON: anyone who can reach " + svc.HTTPAddr + " can sign in as any role, superadmin included. Never use it outside local development. !!!")
 	}
-	log.Info("http listening", "addr", svc.HTTPAddr, "events", readyAt)
+	log.Info("http listening", "addr", svc.HTTPAddr, "events", readyAt, "startup_ms", time.Since(t0).Milliseconds())
 	return svc, nil
 }
 
