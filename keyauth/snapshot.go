@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"strconv"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -172,26 +173,27 @@ func (v *Validator) decodeIndex(r *bufio.Reader, lastSeq uint64) (uint64, error)
 	// ones cost more than reading the index. A key deleted later keeps its
 	// slab alive; the slab is the size of the index.
 	slab := make([]key, n)
-	hashes := make([]apikey.Hash, n)
-	ids := make([]byte, 0, n*uint64(len(idExample)))
+	var ids strings.Builder
+	ids.Grow(int(n) * len(idExample))
 	ends := make([]uint32, n)
 	for i := range slab {
 		k := &slab[i]
-		d.full(hashes[i][:])
+		var h apikey.Hash
+		d.full(h[:])
 		ti := d.uvarint()
 		k.scopes, k.seq = ScopeSet(d.byte()), d.uvarint()
-		ids = append(ids, d.bytes()...)
-		if d.err != nil || ti >= uint64(len(teams)) || len(ids) > math.MaxUint32 {
+		ids.Write(d.bytes())
+		if d.err != nil || ti >= uint64(len(teams)) || ids.Len() > math.MaxUint32 {
 			return 0, fmt.Errorf("%w: key %d of %d is cut off or names no team", errIndexFormat, i, n)
 		}
-		k.team, ends[i] = teams[ti], uint32(len(ids))
+		k.team, ends[i] = teams[ti], uint32(ids.Len())
+		s.putKey(h, k) // nothing reads the state before New returns
 	}
-	all := string(ids)
+	all := ids.String() // the builder's bytes, not a copy
 	start := uint32(0)
 	for i := range slab {
 		slab[i].id = all[start:ends[i]]
 		start = ends[i]
-		s.putKey(hashes[i], &slab[i])
 	}
 	if d.err != nil {
 		return 0, fmt.Errorf("keyauth: key index: %w", d.err)
