@@ -3,14 +3,17 @@ package keyauth_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"log/slog"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telapi/telkeys/bus"
+	"github.com/telapi/telkeys/bus/bustest"
 	"github.com/telapi/telkeys/commands"
 	"github.com/telapi/telkeys/keyauth"
 )
@@ -148,5 +151,43 @@ func TestKeyIndexUnusable(t *testing.T) {
 			}
 			r.check(t, v)
 		})
+	}
+}
+
+// TestLastUsedFlushesOnlyUsedKeys: last-used times reach the team's entry
+// for the keys verified, and a later use moves only that key's time.
+func TestLastUsedFlushesOnlyUsedKeys(t *testing.T) {
+	r := newRig(t)
+	r.configure("acme", true, []string{apps}, nil)
+	k1, k2, k3 := r.create("acme", apps), r.create("acme", apps), r.create("acme", apps)
+	t0 := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	clk := newClock(t0)
+	v := r.validator(keyauth.Config{Now: clk.Now, LastUsedFlush: 20 * time.Millisecond, MaxStaleness: 72 * time.Hour})
+	entry := func() map[string]int64 {
+		e, err := r.H.LastUsed.Get(context.Background(), "acme")
+		if err != nil {
+			return nil
+		}
+		var m map[string]int64
+		_ = json.Unmarshal(e.Value(), &m)
+		return m
+	}
+	expect(t, v, k1.Plaintext, apps, keyauth.Valid)
+	expect(t, v, k2.Plaintext, apps, keyauth.Valid)
+	bustest.Eventually(t, 5*time.Second, "both uses flushed", func() bool {
+		m := entry()
+		return m[k1.Key.ID] == t0.Unix() && m[k2.Key.ID] == t0.Unix()
+	})
+	clk.Set(t0.Add(5 * time.Second))
+	bustest.Eventually(t, 5*time.Second, "the later use flushed", func() bool {
+		expect(t, v, k1.Plaintext, apps, keyauth.Valid)
+		return entry()[k1.Key.ID] == t0.Unix()+5
+	})
+	m := entry()
+	if m[k2.Key.ID] != t0.Unix() {
+		t.Fatalf("an unused key's time moved: %v", m)
+	}
+	if _, ok := m[k3.Key.ID]; ok {
+		t.Fatalf("a key never verified has a last-used time: %v", m)
 	}
 }

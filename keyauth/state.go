@@ -77,9 +77,11 @@ type key struct {
 	scopes ScopeSet
 	seq    uint64 // the KeyCreated event
 	// lastUsed is the unix second of the last successful verification;
-	// flushed is the value last written out.
+	// flushed is the value last written out; queued is set while the key
+	// waits in its shard's used list.
 	lastUsed atomic.Int64
 	flushed  int64
+	queued   atomic.Bool
 }
 
 const shards = 64
@@ -90,6 +92,11 @@ const shards = 64
 type shard struct {
 	mu sync.RWMutex
 	m  map[uint64]*key
+	// used lists the keys verified since the last last-used flush, so
+	// that the flush need not look at every key: at a million keys that
+	// scan took a fifth of a core.
+	usedMu sync.Mutex
+	used   []*key
 }
 
 func (s *state) shard(h apikey.Hash) (*shard, uint64) {
@@ -146,6 +153,33 @@ func (s *state) presize(n int) {
 			s.keys[i].m = make(map[uint64]*key, n/shards+n/shards/8)
 		}
 	}
+}
+
+// markUsed queues k for the next last-used flush, once.
+func (s *state) markUsed(k *key) {
+	if !k.queued.CompareAndSwap(false, true) {
+		return
+	}
+	sh, _ := s.shard(k.hash)
+	sh.usedMu.Lock()
+	sh.used = append(sh.used, k)
+	sh.usedMu.Unlock()
+}
+
+// takeUsed returns the queued keys and empties the queues.
+func (s *state) takeUsed() []*key {
+	var out []*key
+	for i := range s.keys {
+		sh := &s.keys[i]
+		sh.usedMu.Lock()
+		out = append(out, sh.used...)
+		sh.used = sh.used[:0]
+		sh.usedMu.Unlock()
+	}
+	for _, k := range out {
+		k.queued.Store(false) // before lastUsed is read: a later use queues it again
+	}
+	return out
 }
 
 func (s *state) lookup(h apikey.Hash) *key {

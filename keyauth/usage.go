@@ -250,9 +250,13 @@ func (v *Validator) flushOne(ctx context.Context, t *team) bool {
 // flushLastUsed merges this node's last-used times into each team's entry
 // of the last-used bucket, keeping the later time per key.
 func (v *Validator) flushLastUsed(ctx context.Context) {
+	type written struct {
+		k  *key
+		at int64
+	}
 	byTeam := map[*team]map[string]int64{}
-	var dirty []*key
-	v.st.eachKey(func(k *key) {
+	var dirty []written
+	for _, k := range v.st.takeUsed() {
 		if lu := k.lastUsed.Load(); lu > k.flushed {
 			m := byTeam[k.team]
 			if m == nil {
@@ -260,9 +264,9 @@ func (v *Validator) flushLastUsed(ctx context.Context) {
 				byTeam[k.team] = m
 			}
 			m[k.id] = lu
-			dirty = append(dirty, k)
+			dirty = append(dirty, written{k, lu})
 		}
-	})
+	}
 	failed := map[*team]bool{}
 	for t, times := range byTeam {
 		if err := mergeLastUsed(ctx, v.h.LastUsed, t.name, times); err != nil {
@@ -272,9 +276,13 @@ func (v *Validator) flushLastUsed(ctx context.Context) {
 			}
 		}
 	}
-	for _, k := range dirty {
-		if !failed[k.team] {
-			k.flushed = max(k.flushed, k.lastUsed.Load())
+	for _, w := range dirty {
+		if failed[w.k.team] {
+			v.st.markUsed(w.k) // again next time
+		} else {
+			// What was written, not what lastUsed is now: a use during
+			// the flush queued the key again, and must not look flushed.
+			w.k.flushed = max(w.k.flushed, w.at)
 		}
 	}
 }

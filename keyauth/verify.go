@@ -53,6 +53,7 @@ func (v *Validator) Verify(key, scope string) Result {
 	}
 	if sec := now.Unix(); k.lastUsed.Load() != sec {
 		k.lastUsed.Store(sec)
+		v.st.markUsed(k)
 	}
 	r.Code = Valid
 	return r
