@@ -60,7 +60,8 @@ const (
 	// MaxAge; counter streams cannot use per-message TTLs).
 	UsageRetention = 35 * 24 * time.Hour
 
-	// BucketLastUsed holds, per team, when each key was last used.
+	// BucketLastUsed holds when each key was last used, in unix seconds,
+	// under LastUsedKey(team, key id).
 	BucketLastUsed = "telkeys_lastused"
 	// BucketKeyIndex is an object store holding one object, KeyIndexObject:
 	// every key, team and flag a validator needs, at one event sequence.
@@ -94,6 +95,10 @@ func IsWrongLastSequence(err error) bool {
 
 // EventSubject returns the subject of an aggregate's events.
 func EventSubject(aggregate string) string { return EventSubjectPrefix + aggregate }
+
+// LastUsedKey is the key of a key's entry in the last-used bucket; a
+// team's entries match team + ".>".
+func LastUsedKey(team, keyID string) string { return team + "." + keyID }
 
 // Handles are the opened streams and buckets.
 type Handles struct {

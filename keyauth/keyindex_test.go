@@ -3,7 +3,6 @@ package keyauth_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"log/slog"
 	"strings"
 	"sync"
@@ -16,6 +15,7 @@ import (
 	"github.com/telapi/telkeys/bus/bustest"
 	"github.com/telapi/telkeys/commands"
 	"github.com/telapi/telkeys/keyauth"
+	"github.com/telapi/telkeys/projections"
 )
 
 // logBuffer collects a validator's debug log.
@@ -163,13 +163,12 @@ func TestLastUsedFlushesOnlyUsedKeys(t *testing.T) {
 	t0 := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 	clk := newClock(t0)
 	v := r.validator(keyauth.Config{Now: clk.Now, LastUsedFlush: 20 * time.Millisecond, MaxStaleness: 72 * time.Hour})
+	rm := projections.NewReadModel(r.H)
 	entry := func() map[string]int64 {
-		e, err := r.H.LastUsed.Get(context.Background(), "acme")
+		m, err := rm.LastUsed(context.Background(), "acme")
 		if err != nil {
-			return nil
+			t.Fatal(err)
 		}
-		var m map[string]int64
-		_ = json.Unmarshal(e.Value(), &m)
 		return m
 	}
 	expect(t, v, k1.Plaintext, apps, keyauth.Valid)
@@ -189,5 +188,28 @@ func TestLastUsedFlushesOnlyUsedKeys(t *testing.T) {
 	}
 	if _, ok := m[k3.Key.ID]; ok {
 		t.Fatalf("a key never verified has a last-used time: %v", m)
+	}
+}
+
+// TestLastUsedReadsLegacyEntries: times written per team by earlier
+// versions still show, and a later per-key time wins over them.
+func TestLastUsedReadsLegacyEntries(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	if _, err := r.H.LastUsed.Put(ctx, "acme", []byte(`{"key_old":100,"key_both":50}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.H.LastUsed.Put(ctx, bus.LastUsedKey("acme", "key_both"), []byte("200")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.H.LastUsed.Put(ctx, bus.LastUsedKey("acme2", "key_other"), []byte("300")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := projections.NewReadModel(r.H).LastUsed(ctx, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got["key_old"] != 100 || got["key_both"] != 200 {
+		t.Fatalf("last used %v", got)
 	}
 }

@@ -3,7 +3,6 @@ package keyauth
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -247,79 +246,52 @@ func (v *Validator) flushOne(ctx context.Context, t *team) bool {
 	return true
 }
 
-// flushLastUsed merges this node's last-used times into each team's entry
-// of the last-used bucket, keeping the later time per key.
+// flushLastUsed writes the last-used time of every key used since the
+// last flush, each to its own entry, all at once: no reads, one round
+// trip per thousand keys. Nodes flushing the same key race, and the entry
+// may end up up to a flush period older than the latest use.
 func (v *Validator) flushLastUsed(ctx context.Context) {
-	type written struct {
+	used := v.st.takeUsed()
+	type pending struct {
 		k  *key
 		at int64
+		f  jetstream.PubAckFuture
 	}
-	byTeam := map[*team]map[string]int64{}
-	var dirty []written
-	for _, k := range v.st.takeUsed() {
-		if lu := k.lastUsed.Load(); lu > k.flushed {
-			m := byTeam[k.team]
-			if m == nil {
-				m = map[string]int64{}
-				byTeam[k.team] = m
+	failed := 0
+	for len(used) > 0 {
+		chunk := used[:min(len(used), 1000)]
+		used = used[len(chunk):]
+		var ps []pending
+		for _, k := range chunk {
+			lu := k.lastUsed.Load()
+			if lu <= k.flushed {
+				continue
 			}
-			m[k.id] = lu
-			dirty = append(dirty, written{k, lu})
-		}
-	}
-	failed := map[*team]bool{}
-	for t, times := range byTeam {
-		if err := mergeLastUsed(ctx, v.h.LastUsed, t.name, times); err != nil {
-			failed[t] = true
-			if !errors.Is(err, context.Canceled) {
-				v.cfg.Log.Warn("keyauth: last-used flush failed; will retry", "team", t.name, "err", err)
+			subject := "$KV." + bus.BucketLastUsed + "." + bus.LastUsedKey(k.team.name, k.id)
+			f, err := v.js.PublishAsync(subject, strconv.AppendInt(nil, lu, 10))
+			if err != nil {
+				failed++
+				v.st.markUsed(k) // again next time
+				continue
 			}
+			ps = append(ps, pending{k, lu, f})
 		}
-	}
-	for _, w := range dirty {
-		if failed[w.k.team] {
-			v.st.markUsed(w.k) // again next time
-		} else {
-			// What was written, not what lastUsed is now: a use during
-			// the flush queued the key again, and must not look flushed.
-			w.k.flushed = max(w.k.flushed, w.at)
-		}
-	}
-}
-
-// LastUsed is the value of a team's entry in the last-used bucket: unix
-// seconds by key id.
-type LastUsed map[string]int64
-
-func mergeLastUsed(ctx context.Context, kv jetstream.KeyValue, team string, times map[string]int64) error {
-	for attempt := 0; attempt < 5; attempt++ {
-		cur := LastUsed{}
-		var rev uint64
-		e, err := kv.Get(ctx, team)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-		case err != nil:
-			return err
-		default:
-			rev = e.Revision()
-			if err := json.Unmarshal(e.Value(), &cur); err != nil {
-				cur = LastUsed{}
+		for _, p := range ps {
+			select {
+			case <-p.f.Ok():
+				// What was written, not what lastUsed is now: a use during
+				// the flush queued the key again.
+				p.k.flushed = max(p.k.flushed, p.at)
+			case <-p.f.Err():
+				failed++
+				v.st.markUsed(p.k)
+			case <-ctx.Done():
+				failed++
+				v.st.markUsed(p.k)
 			}
 		}
-		for id, t := range times {
-			if t > cur[id] {
-				cur[id] = t
-			}
-		}
-		b, _ := json.Marshal(cur)
-		if rev == 0 {
-			_, err = kv.Create(ctx, team, b)
-		} else {
-			_, err = kv.Update(ctx, team, b, rev)
-		}
-		if err == nil || !(errors.Is(err, jetstream.ErrKeyExists) || bus.IsWrongLastSequence(err)) {
-			return err
-		}
 	}
-	return errors.New("keyauth: last-used entry kept changing")
+	if failed > 0 && ctx.Err() == nil {
+		v.cfg.Log.Warn("keyauth: last-used flush failed for some keys; will retry", "keys", failed)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -94,18 +95,36 @@ func (r *ReadModel) KeyByHash(ctx context.Context, hash string) (KeyRecord, bool
 }
 
 // LastUsed returns when each of a team's keys was last used, in unix
-// seconds by key id, as the validators flushed it.
+// seconds by key id, as the validators flushed it: one entry per key, and
+// the per-team entry that versions before per-key entries wrote.
 func (r *ReadModel) LastUsed(ctx context.Context, team string) (map[string]int64, error) {
 	out := map[string]int64{}
 	e, err := r.lastUsed.Get(ctx, team)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return out, nil
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+	case err != nil:
+		return nil, err
+	default:
+		_ = json.Unmarshal(e.Value(), &out) // an unreadable legacy entry only loses old times
 	}
+	w, err := r.lastUsed.Watch(ctx, bus.LastUsedKey(team, ">"), jetstream.IgnoreDeletes())
 	if err != nil {
 		return nil, err
 	}
-	if err := json.Unmarshal(e.Value(), &out); err != nil {
-		return nil, fmt.Errorf("projections: last used of %s: %w", team, err)
+	defer w.Stop()
+	prefix := bus.LastUsedKey(team, "")
+	for {
+		select {
+		case e := <-w.Updates():
+			if e == nil { // every current entry seen
+				return out, nil
+			}
+			at, err := strconv.ParseInt(string(e.Value()), 10, 64)
+			if id := strings.TrimPrefix(e.Key(), prefix); err == nil && at > out[id] {
+				out[id] = at
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
-	return out, nil
 }
