@@ -215,7 +215,7 @@ func (v *Validator) Close() {
 	v.wg.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	v.flushUsage(ctx)
+	v.flushUsage(ctx, true)
 	v.flushLastUsed(ctx)
 }
 

@@ -45,7 +45,14 @@ type usageCounter struct {
 	// nextDay and nextTotal are a total seen for a day this node's clock
 	// has not reached yet.
 	nextDay, nextTotal int64
+	// flushedAt is when the flusher last looked at a team without a
+	// limit; only the flusher uses it.
+	flushedAt time.Time
 }
+
+// unlimitedFlush is how often the counts of teams without a daily limit
+// are flushed.
+const unlimitedFlush = time.Second
 
 type flushReq struct {
 	day   int64
@@ -145,7 +152,7 @@ func (v *Validator) startUsage(ctx, runCtx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("keyauth: loading usage counters: %w", ctx.Err())
 	}
-	v.every(runCtx, v.cfg.UsageFlush, v.st.kick, func() { v.flushUsage(runCtx) })
+	v.every(runCtx, v.cfg.UsageFlush, v.st.kick, func() { v.flushUsage(runCtx, false) })
 	v.every(runCtx, v.cfg.LastUsedFlush, nil, func() { v.flushLastUsed(runCtx) })
 	return nil
 }
@@ -181,8 +188,20 @@ func counterValue(data []byte) string {
 // flushUsage sends each team's unflushed count as one increment. A count
 // stays in inflight until the stream acknowledges it; a failed flush is
 // sent again with the same message id, so the stream counts it once.
-func (v *Validator) flushUsage(ctx context.Context) {
+//
+// Teams without a daily limit are flushed at most every unlimitedFlush
+// (unless all is true): their counts only feed the usage page, and one
+// publish per team per UsageFlush made the flusher busy all the time once
+// hundreds of teams were in use.
+func (v *Validator) flushUsage(ctx context.Context, all bool) {
+	now := time.Now()
 	v.st.eachTeam(func(t *team) {
+		if cfg := t.cfg.Load(); !all && (cfg == nil || cfg.limit < 0) {
+			if now.Sub(t.usage.flushedAt) < unlimitedFlush {
+				return
+			}
+			t.usage.flushedAt = now
+		}
 		// A retry or an earlier day's count goes first; then what is pending.
 		for range 3 {
 			if !v.flushOne(ctx, t) {

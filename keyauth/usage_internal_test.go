@@ -59,7 +59,7 @@ func TestRetriedFlushKeepsItsCount(t *testing.T) {
 	c.mu.Lock()
 	c.retry = req // as after a publish timeout
 	c.mu.Unlock()
-	v.flushUsage(context.Background()) // retry: duplicate ack, no val
+	v.flushUsage(context.Background(), true) // retry: duplicate ack, no val
 	c.mu.Lock()
 	t.Logf("after retry: global=%d inflight=%d pending=%d", c.global, c.inflight, c.pending)
 	c.mu.Unlock()
@@ -68,10 +68,58 @@ func TestRetriedFlushKeepsItsCount(t *testing.T) {
 			valid++
 		}
 	}
-	v.flushUsage(context.Background())
+	v.flushUsage(context.Background(), true)
 	last, _ := r.H.Usage.GetLastMsgForSubject(context.Background(), bus.UsageSubject("acme", dayTime(req.day)))
 	t.Logf("VALID answers: %d (limit %d); stream counter: %s", valid, limit, last.Data)
 	if valid > int(limit) {
 		t.Errorf("single node exceeded the daily limit: %d > %d", valid, limit)
+	}
+}
+
+// TestUnlimitedTeamsFlushLessOften: a team without a daily limit is flushed
+// at most every unlimitedFlush by the periodic flush, a limited one every
+// time, and a final flush sends everything.
+func TestUnlimitedTeamsFlushLessOften(t *testing.T) {
+	r, k := usageSetup(t, nil)
+	limit := int64(1000)
+	r.Configure("capped", commands.AccessConfig{Enabled: true, AllowedScopes: []string{apikey.ScopeReadTeamApps}, MaxKeys: 10, MaxRequestsPerDay: &limit})
+	kc := r.Create("capped", apikey.ScopeReadTeamApps)
+	nc, err := nats.Connect(r.NC.ConnectedUrl())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	v, err := New(context.Background(), nc, Config{UsageFlush: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	pending := func(team string) int64 {
+		c := &v.st.team(team).usage
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.pending
+	}
+	verify := func() {
+		for _, key := range []string{k.Plaintext, kc.Plaintext} {
+			if !v.Verify(key, apikey.ScopeReadTeamApps).Valid() {
+				t.Fatal("not valid")
+			}
+		}
+	}
+	ctx := context.Background()
+	verify()
+	v.flushUsage(ctx, false) // the unlimited team's first look: flushed
+	if pending("acme") != 0 || pending("capped") != 0 {
+		t.Fatalf("pending after the first flush: %d, %d", pending("acme"), pending("capped"))
+	}
+	verify()
+	v.flushUsage(ctx, false) // within unlimitedFlush: only the capped team
+	if pending("acme") != 1 || pending("capped") != 0 {
+		t.Fatalf("pending after the second flush: acme %d (want 1), capped %d (want 0)", pending("acme"), pending("capped"))
+	}
+	v.flushUsage(ctx, true)
+	if pending("acme") != 0 {
+		t.Fatalf("a final flush left %d pending", pending("acme"))
 	}
 }
