@@ -195,6 +195,7 @@ func counterValue(data []byte) string {
 // hundreds of teams were in use.
 func (v *Validator) flushUsage(ctx context.Context, all bool) {
 	now := time.Now()
+	var teams []*team
 	v.st.eachTeam(func(t *team) {
 		if cfg := t.cfg.Load(); !all && (cfg == nil || cfg.limit < 0) {
 			if now.Sub(t.usage.flushedAt) < unlimitedFlush {
@@ -202,20 +203,86 @@ func (v *Validator) flushUsage(ctx context.Context, all bool) {
 			}
 			t.usage.flushedAt = now
 		}
-		// A retry or an earlier day's count goes first; then what is pending.
-		for range 3 {
-			if !v.flushOne(ctx, t) {
-				return
-			}
-		}
+		teams = append(teams, t)
 	})
+	// A retry or an earlier day's count goes first; then what is pending:
+	// up to three rounds, each one pipelined over every team.
+	for range 3 {
+		var next []*team
+		for len(teams) > 0 && ctx.Err() == nil {
+			chunk := teams[:min(len(teams), 1000)]
+			teams = teams[len(chunk):]
+			next = append(next, v.flushRound(ctx, chunk)...)
+		}
+		if teams = next; len(teams) == 0 {
+			return
+		}
+	}
 }
 
-// flushOne sends one increment for the team. It reports whether it sent
-// one successfully, so that the caller may send the next.
-func (v *Validator) flushOne(ctx context.Context, t *team) bool {
-	c := &t.usage
+// flushRound sends one increment for each team that has one, all at once,
+// and returns the teams whose increment landed (they may have more).
+func (v *Validator) flushRound(ctx context.Context, teams []*team) []*team {
+	type sent struct {
+		t   *team
+		req *flushReq
+		f   jetstream.PubAckFuture
+		err error
+	}
+	var out []sent
+	for _, t := range teams {
+		req := t.usage.next()
+		if req == nil {
+			continue
+		}
+		if req.msgID == "" {
+			req.msgID = v.cfg.Name + "-" + strconv.FormatUint(v.flushSeq.Add(1), 10) + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+		}
+		msg := nats.NewMsg(bus.UsageSubject(t.name, dayTime(req.day)))
+		msg.Header.Set("Nats-Incr", "+"+strconv.FormatInt(req.n, 10))
+		f, err := v.js.PublishMsgAsync(msg, jetstream.WithMsgID(req.msgID))
+		out = append(out, sent{t, req, f, err})
+	}
+	timeout := time.NewTimer(2 * time.Second)
+	defer timeout.Stop()
+	var landed []*team
+	for _, s := range out {
+		var ack *jetstream.PubAck
+		err := s.err
+		if err == nil {
+			select {
+			case ack = <-s.f.Ok():
+			case err = <-s.f.Err():
+			case <-timeout.C:
+				err = context.DeadlineExceeded
+				timeout.Reset(0) // the rest time out too
+			case <-ctx.Done():
+				err = ctx.Err()
+			}
+		}
+		if err == nil && ack.Value == "" {
+			// A duplicate (a retry of a flush that had landed) carries no
+			// value: read the counter instead.
+			gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			if m, gerr := v.h.Usage.GetLastMsgForSubject(gctx, bus.UsageSubject(s.t.name, dayTime(s.req.day))); gerr == nil {
+				ack.Value = counterValue(m.Data)
+			}
+			cancel()
+		}
+		if s.t.usage.done(s.req, ack, err) {
+			landed = append(landed, s.t)
+		} else if ctx.Err() == nil {
+			v.cfg.Log.Warn("keyauth: usage flush failed; will retry", "team", s.t.name, "err", err)
+		}
+	}
+	return landed
+}
+
+// next takes the increment to send: a retry, an earlier day's count, or
+// what is pending (then in flight). nil when there is none.
+func (c *usageCounter) next() *flushReq {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	req := c.retry
 	switch {
 	case req != nil:
@@ -226,32 +293,15 @@ func (v *Validator) flushOne(ctx context.Context, t *team) bool {
 		c.inflight += c.pending
 		c.pending = 0
 	}
-	c.mu.Unlock()
-	if req == nil {
-		return false
-	}
-	if req.msgID == "" {
-		req.msgID = v.cfg.Name + "-" + strconv.FormatUint(v.flushSeq.Add(1), 10) + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	}
-	msg := nats.NewMsg(bus.UsageSubject(t.name, dayTime(req.day)))
-	msg.Header.Set("Nats-Incr", "+"+strconv.FormatInt(req.n, 10))
-	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	ack, err := v.js.PublishMsg(pctx, msg, jetstream.WithMsgID(req.msgID))
-	if err == nil && ack.Value == "" {
-		// A duplicate (a retry of a flush that had landed) carries no
-		// value: read the counter instead.
-		if m, gerr := v.h.Usage.GetLastMsgForSubject(pctx, msg.Subject); gerr == nil {
-			ack.Value = counterValue(m.Data)
-		}
-	}
-	cancel()
+	return req
+}
+
+// done records how sending req went; it reports whether it landed.
+func (c *usageCounter) done(req *flushReq, ack *jetstream.PubAck, err error) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
-		c.retry = req
-		if ctx.Err() == nil {
-			v.cfg.Log.Warn("keyauth: usage flush failed; will retry", "team", t.name, "err", err)
-		}
+		c.retry = req // sent again with the same id: counted once
 		return false
 	}
 	c.retry = nil
