@@ -95,22 +95,39 @@ func (l httpLoad) run(ctx context.Context) (httpResult, error) {
 	return r, ctx.Err()
 }
 
-// timed runs l for a short warm-up, then for the bench's duration.
-func (b *bench) timed(ctx context.Context, what string, l httpLoad) (httpResult, error) {
-	// Garbage from earlier steps (a validator's warm-up) must not be
-	// collected on this load's time rather than on its floor's.
-	runtime.GC()
-	l.duration = max(b.cfg.Duration/10, 200*time.Millisecond)
-	if _, err := l.run(ctx); err != nil {
-		return httpResult{}, err
+// compare runs a load and its floor in turns, each for half the bench's
+// duration twice, after a short warm-up of each, so that background work
+// (a collection, a flush) falls on both alike.
+func (b *bench) compare(ctx context.Context, what, floorWhat string, load, floor httpLoad) (r, f httpResult, err error) {
+	for _, l := range []*httpLoad{&load, &floor} {
+		l.duration = max(b.cfg.Duration/10, 200*time.Millisecond)
+		if _, err := l.run(ctx); err != nil {
+			return r, f, err
+		}
+		l.duration = b.cfg.Duration / 2
 	}
-	b.progress.printf("%s: %d connections for %s", what, l.workers, b.cfg.Duration)
-	l.duration = b.cfg.Duration
-	r, err := l.run(ctx)
-	if err == nil {
-		b.progress.printf("%s: %.0f req/s, p50 %.2f ms, p99 %.2f ms", what, r.rate(), ms(r.lat.at(0.5)), ms(r.lat.at(0.99)))
+	b.progress.printf("%s, then %s: %d connections, %s each, in turns", what, floorWhat, load.workers, b.cfg.Duration)
+	for range 2 {
+		// Garbage from earlier steps must not be collected on one side's
+		// time only.
+		runtime.GC()
+		lr, err := load.run(ctx)
+		if err != nil {
+			return r, f, err
+		}
+		runtime.GC()
+		fr, err := floor.run(ctx)
+		if err != nil {
+			return r, f, err
+		}
+		r, f = r.merge(lr), f.merge(fr)
 	}
-	return r, err
+	b.progress.printf("%s: %.0f req/s, p50 %.2f ms, p99 %.2f ms; %s: %.0f req/s", what, r.rate(), ms(r.lat.at(0.5)), ms(r.lat.at(0.99)), floorWhat, f.rate())
+	return r, f, nil
+}
+
+func (r httpResult) merge(o httpResult) httpResult {
+	return httpResult{requests: r.requests + o.requests, elapsed: r.elapsed + o.elapsed, lat: append(r.lat, o.lat...).sorted()}
 }
 
 // verifyHTTP loads POST /v1/keys/verify with the stored keys, then GET
@@ -121,7 +138,7 @@ func (b *bench) verifyHTTP(ctx context.Context) error {
 	for i, k := range b.data.sample {
 		bodies[i] = []byte(`{"key":"` + k + `","scope":"` + benchScope + `"}`)
 	}
-	verify, err := b.timed(ctx, "POST /v1/keys/verify", httpLoad{
+	verify, floor, err := b.compare(ctx, "POST /v1/keys/verify", "GET /healthz", httpLoad{
 		addr: b.svc.HTTPAddr, workers: httpConns, want: 200,
 		build: func(w, i int, req *fasthttp.Request) {
 			req.Header.SetMethod(fiber.MethodPost)
@@ -130,11 +147,7 @@ func (b *bench) verifyHTTP(ctx context.Context) error {
 			req.Header.SetContentType(fiber.MIMEApplicationJSON)
 			req.SetBody(bodies[(w*7919+i)%len(bodies)])
 		},
-	})
-	if err != nil {
-		return err
-	}
-	floor, err := b.timed(ctx, "GET /healthz", httpLoad{
+	}, httpLoad{
 		addr: b.svc.HTTPAddr, workers: httpConns, want: 200,
 		build: func(w, i int, req *fasthttp.Request) {
 			req.SetRequestURI("/healthz")
@@ -184,21 +197,17 @@ func (b *bench) nodeGate(ctx context.Context) error {
 			req.Header.Set("X-API-Key", b.data.sample[(w*7919+i)%len(b.data.sample)])
 		}}
 	}
-	gated, stop, err := serve(b.nodes[0].v)
+	gated, stopGated, err := serve(b.nodes[0].v)
 	if err != nil {
 		return err
 	}
-	r, err := b.timed(ctx, "node GET /api/v1/apps, keys checked", load(gated))
-	stop()
+	defer stopGated()
+	open, stopOpen, err := serve(allowAll{})
 	if err != nil {
 		return err
 	}
-	open, stop, err := serve(allowAll{})
-	if err != nil {
-		return err
-	}
-	defer stop()
-	floor, err := b.timed(ctx, "node GET /api/v1/apps, checking off", load(open))
+	defer stopOpen()
+	r, floor, err := b.compare(ctx, "node GET /api/v1/apps, keys checked", "checking off", load(gated), load(open))
 	if err != nil {
 		return err
 	}
