@@ -69,3 +69,22 @@ func TestBenchUsage(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchRefusesAServerWithEvents: with --nats-url, the bench writes its
+// own history, so it must not touch a server that holds telkeys events.
+func TestBenchRefusesAServerWithEvents(t *testing.T) {
+	s := startService(t)
+	s.enableTeam("acme", 10)
+	var stdout, stderr syncBuffer
+	code := run(context.Background(), []string{"bench", "--quick", "--nats-url", s.NATSURL}, &stdout, &stderr)
+	if code != 1 || !strings.Contains(stderr.String(), "already holds 1 events") {
+		t.Fatalf("exit %d, stderr:\n%s", code, stderr.String())
+	}
+	info, err := s.js().Stream(context.Background(), "TELKEYS_EVENTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := info.Info(context.Background()); st.State.Msgs != 1 {
+		t.Fatalf("the stream now holds %d events", st.State.Msgs)
+	}
+}

@@ -100,6 +100,11 @@ func (b *bench) load(ctx context.Context) error {
 			return nil, err
 		}
 		d.events++
+		if d.events%2048 == 0 { // a server that fsyncs every write acks slowly
+			if err := waitPublished(ctx, js); err != nil {
+				return nil, err
+			}
+		}
 		b.progress.tick("storing the history", d.events, total)
 		return ev.Hash, nil
 	}
@@ -133,15 +138,23 @@ func (b *bench) load(ctx context.Context) error {
 			return err
 		}
 	}
+	if err := waitPublished(ctx, js); err != nil {
+		return err
+	}
+	b.data = d
+	return nil
+}
+
+// waitPublished waits until every asynchronous publish is acknowledged.
+func waitPublished(ctx context.Context, js jetstream.JetStream) error {
 	select {
 	case <-js.PublishAsyncComplete():
+		return nil
 	case <-time.After(5 * time.Minute):
 		return errors.New("publishing the history timed out")
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	b.data = d
-	return nil
 }
 
 // firstStart starts telkeys once on the stored history, which it projects
