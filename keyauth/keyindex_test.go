@@ -213,3 +213,45 @@ func TestLastUsedReadsLegacyEntries(t *testing.T) {
 		t.Fatalf("last used %v", got)
 	}
 }
+
+// TestKeyIndexWhileEventsApply: indexes written while keys are created and
+// deleted are each a consistent cut: a validator started from the last one
+// answers like the validator that saw every event.
+func TestKeyIndexWhileEventsApply(t *testing.T) {
+	r := &indexRig{rig: newRig(t)}
+	r.configure("acme", true, []string{apps}, nil)
+	r.writer = r.validator(keyauth.Config{})
+	done := make(chan struct{})
+	var writes int
+	go func() {
+		defer close(done)
+		for range 20 {
+			if _, err := r.writer.WriteKeyIndex(context.Background(), 1); err != nil {
+				t.Error(err)
+				return
+			}
+			writes++
+		}
+	}()
+	for i := range 40 {
+		k := r.create("acme", apps)
+		r.keys = append(r.keys, k)
+		if i%3 == 0 {
+			r.del("acme", k.Key.ID)
+		}
+	}
+	<-done
+	wait(t, r.writer, r.del("acme", r.keys[1].Key.ID))
+	if _, err := r.writer.WriteKeyIndex(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	logs := &logBuffer{}
+	v := r.validator(keyauth.Config{Log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if !strings.Contains(logs.String(), "from_key_index=true") {
+		t.Fatalf("the validator did not start from the key index:\n%s", logs)
+	}
+	r.check(t, v)
+	if writes == 0 {
+		t.Fatal("no index written during the changes")
+	}
+}
