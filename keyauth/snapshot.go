@@ -11,6 +11,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -31,7 +32,7 @@ import (
 //	       scopes byte, seq uvarint, id
 //
 // Strings are a uvarint length and the bytes. The object store checks a
-// SHA-256 digest of the object when it is read.
+// SHA-256 digest of the object once it is read to the end.
 const (
 	indexMagic   = "tkix"
 	indexVersion = 1
@@ -113,14 +114,37 @@ func (v *Validator) encodeIndex() (uint64, []byte) {
 }
 
 // loadIndex reads the key index into the empty state and returns its
-// sequence; found is false when there is none (or none this version can
-// read, or one ahead of the event stream, which a restored stream would
-// make, or that cannot be read to the end), and the caller then reads the
-// KV records.
+// sequence; found is false when there is none, or none usable: one this
+// version cannot read, one ahead of the event stream (a restored stream
+// would make one), or one that cannot be read to the end. The caller then
+// reads the KV records. A read can also fail because a writer replaced the
+// index meanwhile (its old chunks are purged), so it is tried twice.
 func (v *Validator) loadIndex(ctx context.Context, lastSeq uint64) (seq uint64, found bool, err error) {
 	if v.h.KeyIndex == nil {
 		return 0, false, nil
 	}
+	for attempt := 1; attempt <= 2 && ctx.Err() == nil; attempt++ {
+		seq, found, err = v.readIndex(ctx, lastSeq)
+		if err == nil {
+			return seq, found, nil
+		}
+		// Half an index is worse than none: start again from empty.
+		v.st.init()
+		v.cfg.Log.Warn("keyauth: cannot use the key index", "attempt", attempt, "err", err)
+		if errors.Is(err, errIndexFormat) {
+			break
+		}
+	}
+	return 0, false, nil
+}
+
+// indexReadTimeout bounds one read of the key index, so that a failed
+// read leaves time to load the KV records instead.
+const indexReadTimeout = 20 * time.Second
+
+func (v *Validator) readIndex(ctx context.Context, lastSeq uint64) (uint64, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, indexReadTimeout)
+	defer cancel()
 	obj, err := v.h.KeyIndex.Get(ctx, bus.KeyIndexObject)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
 		return 0, false, nil
@@ -129,17 +153,23 @@ func (v *Validator) loadIndex(ctx context.Context, lastSeq uint64) (seq uint64, 
 		return 0, false, err
 	}
 	defer obj.Close()
-	seq, err = v.decodeIndex(bufio.NewReaderSize(obj, 1<<20), lastSeq)
+	info, err := obj.Info()
 	if err != nil {
-		// Half an index is worse than none: start again from the records.
-		v.cfg.Log.Warn("keyauth: ignoring the key index", "err", err)
-		v.st.init()
-		return 0, false, nil
+		return 0, false, err
+	}
+	r := bufio.NewReaderSize(obj, 1<<20)
+	seq, err := v.decodeIndex(r, lastSeq, info.Size)
+	if err != nil {
+		return 0, false, err
+	}
+	// Read to the end: the object store checks the digest only there.
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return 0, false, fmt.Errorf("keyauth: key index: %w", err)
 	}
 	return seq, true, nil
 }
 
-func (v *Validator) decodeIndex(r *bufio.Reader, lastSeq uint64) (uint64, error) {
+func (v *Validator) decodeIndex(r *bufio.Reader, lastSeq, size uint64) (uint64, error) {
 	var head [len(indexMagic) + 1]byte
 	if _, err := io.ReadFull(r, head[:]); err != nil {
 		return 0, err
@@ -165,7 +195,7 @@ func (v *Validator) decodeIndex(r *bufio.Reader, lastSeq uint64) (uint64, error)
 		teams[i] = t
 	}
 	n := d.uvarint()
-	if d.err != nil || n > 1<<28 {
+	if d.err != nil || n > size/minKeyEntry {
 		return 0, fmt.Errorf("%w: bad key count", errIndexFormat)
 	}
 	s.presize(int(n))
@@ -258,6 +288,9 @@ func (d *decoder) bytes() []byte {
 	d.full(d.buf[:n])
 	return d.buf[:n]
 }
+
+// minKeyEntry is the smallest encoded key: hash, team, scopes, seq, id.
+const minKeyEntry = 32 + 1 + 1 + 1 + 1
 
 // idExample has the length of a key id, to size the id block.
 const idExample = "key_01KMRJ7Z9Q2V4X6Y8A0C2E4G6J"

@@ -274,6 +274,9 @@ func (v *Validator) resyncTarget(ctx context.Context) {
 
 // current reports whether the validator may answer from its state.
 func (v *Validator) current(now time.Time) bool {
+	if v.closed.Load() { // no longer following the stream, nor the clock
+		return false
+	}
 	if v.cfg.FailOpen {
 		return true
 	}

@@ -38,8 +38,9 @@ type usageCounter struct {
 	// retry is a flush whose outcome is unknown; it is sent again with the
 	// same message id, so the stream counts it once.
 	retry *flushReq
-	// carry is an earlier day's unflushed count, still to be sent.
-	carry *flushReq
+	// carry are earlier days' unflushed counts, still to be sent (more
+	// than one only if flushes failed across several midnights).
+	carry []*flushReq
 	// kick asks the flusher to flush now (shared by all counters).
 	kick chan struct{}
 	// nextDay and nextTotal are a total seen for a day this node's clock
@@ -96,8 +97,8 @@ func (c *usageCounter) rollover(day int64) {
 	if day <= c.day {
 		return
 	}
-	if c.pending > 0 && c.carry == nil {
-		c.carry = &flushReq{day: c.day, n: c.pending}
+	if c.pending > 0 {
+		c.carry = append(c.carry, &flushReq{day: c.day, n: c.pending})
 	}
 	c.day, c.global, c.inflight, c.pending = day, 0, 0, 0
 	if c.nextDay == day {
@@ -286,8 +287,8 @@ func (c *usageCounter) next() *flushReq {
 	req := c.retry
 	switch {
 	case req != nil:
-	case c.carry != nil:
-		req, c.carry = c.carry, nil
+	case len(c.carry) > 0:
+		req, c.carry = c.carry[0], c.carry[1:]
 	case c.pending > 0:
 		req = &flushReq{day: c.day, n: c.pending}
 		c.inflight += c.pending
@@ -328,6 +329,12 @@ func (v *Validator) flushLastUsed(ctx context.Context) {
 	}
 	failed := 0
 	for len(used) > 0 {
+		if ctx.Err() != nil {
+			for _, k := range used {
+				v.st.markUsed(k)
+			}
+			return
+		}
 		chunk := used[:min(len(used), 1000)]
 		used = used[len(chunk):]
 		var ps []pending

@@ -123,3 +123,48 @@ func TestUnlimitedTeamsFlushLessOften(t *testing.T) {
 		t.Fatalf("a final flush left %d pending", pending("acme"))
 	}
 }
+
+// TestCountsOfSeveralMidnightsAreKept: when flushes fail across two UTC
+// midnights, each finished day's count waits to be sent, oldest first.
+func TestCountsOfSeveralMidnightsAreKept(t *testing.T) {
+	c := &usageCounter{day: 100}
+	c.pending = 5
+	c.rollover(101)
+	c.pending = 3
+	c.rollover(102)
+	c.pending = 2
+	for _, want := range []flushReq{{day: 100, n: 5}, {day: 101, n: 3}, {day: 102, n: 2}} {
+		got := c.next()
+		if got == nil || got.day != want.day || got.n != want.n {
+			t.Fatalf("next = %+v, want %+v", got, want)
+		}
+		c.done(got, &jetstream.PubAck{Value: "0"}, nil)
+	}
+	if got := c.next(); got != nil {
+		t.Fatalf("left over: %+v", got)
+	}
+}
+
+// TestClosedValidatorAnswersUnavailable: after Close a validator follows
+// nothing, so it must not answer from what it last knew.
+func TestClosedValidatorAnswersUnavailable(t *testing.T) {
+	r, k := usageSetup(t, nil)
+	nc, err := nats.Connect(r.NC.ConnectedUrl())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	for _, failOpen := range []bool{false, true} {
+		v, err := New(context.Background(), nc, Config{FailOpen: failOpen})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !v.Verify(k.Plaintext, apikey.ScopeReadTeamApps).Valid() {
+			t.Fatal("not valid before Close")
+		}
+		v.Close()
+		if got := v.Verify(k.Plaintext, apikey.ScopeReadTeamApps).Code; got != Unavailable || v.Current() {
+			t.Fatalf("FailOpen %v: after Close Verify = %v, Current = %v", failOpen, got, v.Current())
+		}
+	}
+}

@@ -3,9 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/telapi/telkeys/bus"
 )
 
 // TestBenchQuick runs "telkeys bench --quick" as CI does, with the keyauth
@@ -86,5 +91,31 @@ func TestBenchRefusesAServerWithEvents(t *testing.T) {
 	}
 	if st, _ := info.Info(context.Background()); st.State.Msgs != 1 {
 		t.Fatalf("the stream now holds %d events", st.State.Msgs)
+	}
+}
+
+// TestKeyIndexHasOneWriter: while another instance holds the key index
+// lock, an instance does not write the index; once it is free, it does.
+func TestKeyIndexHasOneWriter(t *testing.T) {
+	s := startService(t)
+	s.enableTeam("acme", 10)
+	ctx := context.Background()
+	if _, err := s.h.Snapshots.Create(ctx, keyIndexLock, []byte("other-instance")); err != nil {
+		t.Fatal(err)
+	}
+	s.writeKeyIndex(ctx, 1)
+	if _, err := s.h.KeyIndex.GetInfo(ctx, bus.KeyIndexObject); !errors.Is(err, jetstream.ErrObjectNotFound) {
+		t.Fatalf("written while another instance held the lock: %v", err)
+	}
+	if err := s.h.Snapshots.Delete(ctx, keyIndexLock); err != nil {
+		t.Fatal(err)
+	}
+	s.writeKeyIndex(ctx, 1)
+	info, err := s.h.KeyIndex.GetInfo(ctx, bus.KeyIndexObject)
+	if err != nil || info.Metadata["seq"] == "" {
+		t.Fatalf("not written once the lock was free: %+v, %v", info, err)
+	}
+	if _, err := s.h.Snapshots.Get(ctx, keyIndexLock); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("the lock was not released: %v", err)
 	}
 }

@@ -127,6 +127,8 @@ type Service struct {
 	bg        sync.WaitGroup
 	trackSub  *nats.Subscription
 	validator *keyauth.Validator
+	h         *bus.Handles
+	name      string
 	closeOnce sync.Once
 }
 
@@ -203,6 +205,7 @@ func Start(ctx context.Context, cfg ServeConfig, log *slog.Logger) (svc *Service
 		return nil, err
 	}
 	stage("streams and buckets set up")
+	svc.h, svc.name = h, "telkeys-"+ulid.Make().String()
 
 	secret, err := auth.ResolveSecret(cfg.AuthSecret, cfg.DataDir)
 	if err != nil {
@@ -241,7 +244,7 @@ func Start(ctx context.Context, cfg ServeConfig, log *slog.Logger) (svc *Service
 		}
 	}()
 
-	svc.validator, err = keyauth.New(ctx, svc.nc, keyauth.Config{Name: "telkeys-" + ulid.Make().String(), Log: log.With("component", "keyauth")})
+	svc.validator, err = keyauth.New(ctx, svc.nc, keyauth.Config{Name: svc.name, Log: log.With("component", "keyauth")})
 	if err != nil {
 		return nil, err
 	}
@@ -293,9 +296,34 @@ func Start(ctx context.Context, cfg ServeConfig, log *slog.Logger) (svc *Service
 // stored key index before telkeys writes a new one (besides at shutdown).
 const keyIndexEvery = 10_000
 
+// keyIndexLock, in the snapshots bucket, names the instance writing the
+// key index: two writes at once would each purge only the chunks they
+// saw, and leave a whole copy of the index behind.
+const keyIndexLock = "lock.keyindex"
+
 func (s *Service) writeKeyIndex(ctx context.Context, minEvents uint64) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	locks := s.h.Snapshots
+	rev, err := locks.Create(ctx, keyIndexLock, []byte(s.name))
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		// Held, unless its holder died while writing: a write takes
+		// seconds, not minutes.
+		e, gerr := locks.Get(ctx, keyIndexLock)
+		if gerr != nil || time.Since(e.Created()) < 2*time.Minute {
+			return
+		}
+		rev, err = locks.Update(ctx, keyIndexLock, []byte(s.name), e.Revision())
+	}
+	if err != nil {
+		s.log.Debug("key index: another instance is writing it", "err", err)
+		return
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = locks.Delete(dctx, keyIndexLock, jetstream.LastRevision(rev))
+	}()
 	t0 := time.Now()
 	seq, err := s.validator.WriteKeyIndex(ctx, minEvents)
 	if err != nil {
