@@ -20,22 +20,29 @@ func usageSetup(t *testing.T, limit *int64) (*coretest.Core, commands.CreatedKey
 	return c, c.Create("acme", apikey.ScopeReadTeamApps)
 }
 
+// flushedByHand is a validator on its own connection whose periodic usage
+// flush never comes: the test calls flushUsage itself.
+func flushedByHand(t *testing.T, r *coretest.Core) *Validator {
+	nc, err := nats.Connect(r.NC.ConnectedUrl())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	v, err := New(context.Background(), nc, Config{UsageFlush: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(v.Close) // before nc.Close
+	return v
+}
+
 // A flush whose ack was lost but which was stored is retried with the same
 // Nats-Msg-Id; the duplicate ack carries no "val", so the node must read the
 // counter, or it forgets the flushed count and exceeds the daily limit.
 func TestRetriedFlushKeepsItsCount(t *testing.T) {
 	limit := int64(100)
 	r, k := usageSetup(t, &limit)
-	nc, err := nats.Connect(r.NC.ConnectedUrl())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	v, err := New(context.Background(), nc, Config{UsageFlush: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	v := flushedByHand(t, r)
 	c := &v.st.team("acme").usage
 	c.mu.Lock()
 	c.kick = nil // no early flushes: this test drives flushUsage itself
@@ -84,16 +91,7 @@ func TestUnlimitedTeamsFlushLessOften(t *testing.T) {
 	limit := int64(1000)
 	r.Configure("capped", commands.AccessConfig{Enabled: true, AllowedScopes: []string{apikey.ScopeReadTeamApps}, MaxKeys: 10, MaxRequestsPerDay: &limit})
 	kc := r.Create("capped", apikey.ScopeReadTeamApps)
-	nc, err := nats.Connect(r.NC.ConnectedUrl())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	v, err := New(context.Background(), nc, Config{UsageFlush: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	v := flushedByHand(t, r)
 	pending := func(team string) int64 {
 		c := &v.st.team(team).usage
 		c.mu.Lock()
