@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"runtime"
@@ -179,7 +180,7 @@ func (allowAll) Current() bool { return true }
 // nodeGate loads GET /api/v1/apps on a TelAPI node that checks keys with
 // keyauth, then on the same node with checking switched off.
 func (b *bench) nodeGate(ctx context.Context) error {
-	if err := b.startNodes(ctx); err != nil {
+	if err := b.startNodes(ctx, 1); err != nil {
 		return err
 	}
 	serve := func(v node.Verifier) (addr string, stop func(), err error) {
@@ -227,25 +228,29 @@ func (n *benchNode) close() {
 	n.nc.Close()
 }
 
-// startNodes starts three validators, once, in parallel.
-func (b *bench) startNodes(ctx context.Context) error {
-	if b.nodes != nil {
+// startNodes makes sure there are n validators, starting the missing ones
+// in parallel. Each holds every key, so the node gate starts only the one
+// it needs: the others would only add to what the collector marks.
+func (b *bench) startNodes(ctx context.Context, n int) error {
+	more := n - len(b.nodes)
+	if more <= 0 {
 		return nil
 	}
-	b.progress.printf("starting 3 keyauth nodes on their own connections")
-	nodes := make([]*benchNode, 3)
-	errs := make([]error, 3)
+	b.progress.printf("starting %d keyauth node(s) on their own connections", more)
+	nodes := make([]*benchNode, more)
+	errs := make([]error, more)
 	var wg sync.WaitGroup
 	for i := range nodes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			nc, err := nats.Connect(b.svc.NATSURL, nats.Name("telkeys-bench-node-"+strconv.Itoa(i)))
+			name := "bench-node-" + strconv.Itoa(len(b.nodes)+i)
+			nc, err := nats.Connect(b.svc.NATSURL, nats.Name("telkeys-"+name))
 			if err != nil {
 				errs[i] = err
 				return
 			}
-			v, err := keyauth.New(ctx, nc, keyauth.Config{Name: "bench-node-" + strconv.Itoa(i)})
+			v, err := keyauth.New(ctx, nc, keyauth.Config{Name: name})
 			if err != nil {
 				nc.Close()
 				errs[i] = err
@@ -260,10 +265,5 @@ func (b *bench) startNodes(ctx context.Context) error {
 			b.nodes = append(b.nodes, n)
 		}
 	}
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	return errors.Join(errs...)
 }

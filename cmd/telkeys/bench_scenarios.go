@@ -87,7 +87,7 @@ func (b *bench) replay(ctx context.Context) error {
 // floor is core NATS: a publish from the bench's connection to a
 // subscription on each node's connection.
 func (b *bench) revoke(ctx context.Context) error {
-	if err := b.startNodes(ctx); err != nil {
+	if err := b.startNodes(ctx, 3); err != nil {
 		return err
 	}
 	keys := b.data.first[:min(b.cfg.Deletes, len(b.data.first))]
