@@ -84,6 +84,38 @@ const (
 	FlagPrefix     = "flag."
 )
 
+// KeyIndexLock, in the snapshots bucket, names the instance writing the
+// key index.
+const KeyIndexLock = "lock.keyindex"
+
+// Headers.
+const (
+	// TypeHeader carries an event's type, so that tools can filter
+	// without decoding.
+	TypeHeader = "Telkeys-Type"
+	// KVOperationHeader marks a KV message that deletes or purges its key
+	// (nats.go's layout of KV buckets).
+	KVOperationHeader = "KV-Operation"
+	KVDelete          = "DEL"
+	KVPurge           = "PURGE"
+)
+
+// KVStream is the stream behind a KV bucket.
+func KVStream(bucket string) string { return "KV_" + bucket }
+
+// KVSubject is the subject of a key in a KV bucket; key may end in a
+// wildcard.
+func KVSubject(bucket, key string) string { return "$KV." + bucket + "." + key }
+
+// ObjectStream is the stream behind an object store bucket, and
+// ObjectSubjects every subject of it.
+func ObjectStream(bucket string) string   { return "OBJ_" + bucket }
+func ObjectSubjects(bucket string) string { return "$O." + bucket + ".>" }
+
+// IsKVRemoval reports whether a KV message's operation header says that it
+// deletes or purges its key.
+func IsKVRemoval(op string) bool { return op == KVDelete || op == KVPurge }
+
 // IsWrongLastSequence reports a failed expected-sequence check: 10071, or
 // 10164 on replicated streams. (errors.Is(err, jetstream.ErrKeyExists)
 // matches only the first.)
@@ -153,7 +185,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, replicas int) (*Handles,
 	if h.ReadModel, err = kvBucket(ctx, js, BucketReadModel, "read models: teams, keys by team, keys by hash, flags", replicas); err != nil {
 		return nil, err
 	}
-	if h.ReadModelStream, err = js.Stream(ctx, "KV_"+BucketReadModel); err != nil {
+	if h.ReadModelStream, err = js.Stream(ctx, KVStream(BucketReadModel)); err != nil {
 		return nil, err
 	}
 	if h.Snapshots, err = kvBucket(ctx, js, BucketSnapshots, "write-model snapshots", replicas); err != nil {
@@ -222,7 +254,7 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Handles, error) {
 	if h.ReadModel, err = js.KeyValue(ctx, BucketReadModel); err != nil {
 		return nil, fmt.Errorf("bus: %s: %w", BucketReadModel, err)
 	}
-	if h.ReadModelStream, err = js.Stream(ctx, "KV_"+BucketReadModel); err != nil {
+	if h.ReadModelStream, err = js.Stream(ctx, KVStream(BucketReadModel)); err != nil {
 		return nil, err
 	}
 	if h.Usage, err = js.Stream(ctx, UsageStream); err != nil {
@@ -251,9 +283,9 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Handles, error) {
 // checkpoint behind the consumer and re-applies from it.
 func kvBucket(ctx context.Context, js jetstream.JetStream, name, desc string, replicas int) (jetstream.KeyValue, error) {
 	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:              "KV_" + name,
+		Name:              KVStream(name),
 		Description:       desc,
-		Subjects:          []string{"$KV." + name + ".>"},
+		Subjects:          []string{KVSubject(name, ">")},
 		MaxMsgsPerSubject: 1,
 		MaxBytes:          -1,
 		MaxMsgs:           -1,

@@ -39,8 +39,6 @@ const (
 	// snapshotVersion changes whenever a state struct changes incompatibly;
 	// older snapshots are then ignored and the aggregate is replayed.
 	snapshotVersion = 1
-	// typeHeader carries the event type so tools can filter without decoding.
-	typeHeader = "Telkeys-Type"
 )
 
 // Config wires a Handler.
@@ -230,7 +228,7 @@ func EventMsg(ev events.Envelope) (*nats.Msg, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &nats.Msg{Subject: bus.EventSubject(ev.Aggregate), Data: data, Header: nats.Header{typeHeader: []string{string(ev.Type)}}}, nil
+	return &nats.Msg{Subject: bus.EventSubject(ev.Aggregate), Data: data, Header: nats.Header{bus.TypeHeader: []string{string(ev.Type)}}}, nil
 }
 
 func (a *aggregate) applyEvent(seq uint64, ev events.Envelope, p events.Payload) {

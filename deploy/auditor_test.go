@@ -88,7 +88,7 @@ func TestAuditorIsReadOnly(t *testing.T) {
 			t.Error("the auditor could purge the event stream")
 		}
 	}
-	if _, err := ajs.Stream(short, "KV_"+bus.BucketReadModel); err == nil {
+	if _, err := ajs.Stream(short, bus.KVStream(bus.BucketReadModel)); err == nil {
 		t.Error("the auditor could open the read models")
 	}
 	info, err := h.Events.Info(ctx)

@@ -407,15 +407,14 @@ func (w *writes) liveKey(ctx context.Context, key string) (live, seen bool, rev 
 	if c, ok := w.p.cache[key]; ok {
 		return c.val != nil, true, c.rev, nil
 	}
-	m, err := w.p.h.ReadModelStream.GetLastMsgForSubject(ctx, "$KV."+bus.BucketReadModel+"."+key)
+	m, err := w.p.h.ReadModelStream.GetLastMsgForSubject(ctx, bus.KVSubject(bus.BucketReadModel, key))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return false, false, 0, nil
 	}
 	if err != nil {
 		return false, false, 0, err
 	}
-	op := m.Header.Get("KV-Operation")
-	return op != "DEL" && op != "PURGE", true, m.Sequence, nil
+	return !bus.IsKVRemoval(m.Header.Get(bus.KVOperationHeader)), true, m.Sequence, nil
 }
 
 // dropOnce removes a pending key-record creation from the batch.
@@ -519,13 +518,12 @@ func (w *writes) flush(ctx context.Context) error {
 			fin[i].val = fin[i].keys.encode()
 		}
 	}
-	prefix := "$KV." + bus.BucketReadModel + "."
 	futures := make([]jetstream.PubAckFuture, len(fin))
 	for i, o := range fin {
-		msg := nats.NewMsg(prefix + o.key)
+		msg := nats.NewMsg(bus.KVSubject(bus.BucketReadModel, o.key))
 		msg.Data = o.val
 		if o.val == nil {
-			msg.Header.Set("KV-Operation", "DEL")
+			msg.Header.Set(bus.KVOperationHeader, bus.KVDelete)
 		}
 		f, err := w.p.js.PublishMsgAsync(msg, jetstream.WithExpectLastSequencePerSubject(o.rev))
 		if err != nil {

@@ -2,19 +2,56 @@
 // keyauth; see package node. Run it beside `make run`:
 //
 //	bin/telapi-node --nats-url nats://127.0.0.1:4222 --http-addr :8081
+//
+// This file only reads flags.
 package main
 
 import (
 	"context"
+	"flag"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
-	"github.com/telapi/telkeys/cmd/telapi-node/node"
+	"github.com/telapi/telkeys/cli"
+	"github.com/telapi/telkeys/node"
 )
+
+const usage = `Usage: telapi-node [flags]
+
+A TelAPI node: POST /api/v1/call-tokens (CREATE_CALL_TOKEN),
+GET /api/v1/call-tokens/{id} (READ_CALL_TOKEN) and GET /api/v1/apps
+(READ_TEAM_APPS) take an API key in "Authorization: Bearer" or "X-API-Key",
+verified in memory by keyauth. POST /api/v1/webhooks takes no API key: it
+checks an HMAC-SHA256 of its body in "X-Telapi-Signature: sha256=<hex>".
+`
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	os.Exit(node.Run(ctx, os.Args[1:], os.Stderr))
+	os.Exit(cli.ExitCode(run(ctx, os.Args[1:]), os.Stderr, "telapi-node"))
+}
+
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("telapi-node", flag.ContinueOnError)
+	var c node.Config
+	fs.StringVar(&c.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server(s) of telkeys, comma-separated")
+	fs.StringVar(&c.HTTPAddr, "http-addr", ":8081", "address of the node's HTTP API")
+	fs.StringVar(&c.Name, "name", "", "node name, unique among nodes (default: random)")
+	fs.DurationVar(&c.MaxStaleness, "max-staleness", 10*time.Second, "answer 503 after hearing nothing from telkeys for this long")
+	fs.BoolVar(&c.FailOpen, "fail-open", false, "keep answering from the last known state when stale (deleted keys may keep working while cut off)")
+	fs.StringVar(&c.WebhookSecret, "webhook-secret", "", "HMAC secret of /api/v1/webhooks; empty: a random one (webhooks always refused)")
+	logCfg := cli.LogFlags(fs)
+	if err := cli.Parse(fs, args, os.Stderr, "TELAPI_NODE", usage); err != nil {
+		return err
+	}
+	if err := c.Validate(); err != nil {
+		return cli.Usage(err)
+	}
+	log, err := logCfg.NewLogger(os.Stderr)
+	if err != nil {
+		return err
+	}
+	return node.Serve(ctx, c, log)
 }

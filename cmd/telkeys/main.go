@@ -6,7 +6,8 @@
 //	telkeys bench   measure the service, each figure next to its floor
 //
 // Every flag can also be set with a TELKEYS_* environment variable; a flag
-// on the command line wins.
+// on the command line wins. This file only reads flags: the work is done
+// by the packages it calls.
 package main
 
 import (
@@ -15,18 +16,23 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
-)
+	"time"
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
-}
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/telapi/telkeys/audit"
+	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/bench"
+	"github.com/telapi/telkeys/cli"
+	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/events"
+	"github.com/telapi/telkeys/service"
+)
 
 const usage = `telkeys: the API key service of TelAPI.
 
@@ -44,102 +50,213 @@ Run "telkeys <command> --help" for the flags of a command. Every flag can also
 be set with an environment variable: --data-dir is TELKEYS_DATA_DIR, and so on.
 `
 
-// run is main without the process: it returns the exit code.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+const envPrefix = "TELKEYS"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	args := os.Args[1:]
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return 2
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
 	}
 	var err error
 	switch args[0] {
 	case "serve":
-		err = serveCmd(ctx, args[1:], stderr)
+		err = serve(ctx, args[1:])
 	case "token":
-		err = tokenCmd(args[1:], stdout, stderr)
+		err = token(args[1:])
 	case "audit":
-		err = auditCmd(ctx, args[1:], stdout, stderr)
+		err = auditCmd(ctx, args[1:])
 	case "bench":
-		err = benchCmd(ctx, args[1:], stdout, stderr)
-	case "bench-node": // telkeys bench runs itself this way; see bench --help
-		err = benchNodeCmd(ctx, args[1:], os.Stdin, stdout, stderr)
+		err = benchCmd(ctx, args[1:])
 	case "-h", "--help", "help":
-		fmt.Fprint(stdout, usage)
-		return 0
+		fmt.Print(usage)
 	default:
-		fmt.Fprintf(stderr, "telkeys: unknown command %q\n\n%s", args[0], usage)
-		return 2
+		fmt.Fprintf(os.Stderr, "telkeys: unknown command %q\n\n%s", args[0], usage)
+		err = cli.ErrUsage
 	}
-	switch {
-	case err == nil:
-		return 0
-	case errors.Is(err, flag.ErrHelp):
-		return 0
-	case errors.Is(err, errUsage):
-		return 2
-	case errors.Is(err, errBroken):
-		return 1
-	default:
-		fmt.Fprintf(stderr, "telkeys %s: %v\n", args[0], err)
-		return 1
-	}
+	os.Exit(cli.ExitCode(err, os.Stderr, "telkeys "+args[0]))
 }
 
-var errUsage = errors.New("usage")
-
-// parseFlags parses args, then fills every flag not given on the command
-// line from its TELKEYS_* environment variable.
-func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer, intro string) error {
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, intro, "\nFlags (each also read from the environment variable shown):\n")
-		fs.VisitAll(func(f *flag.Flag) {
-			def := ""
-			if f.DefValue != "" {
-				def = fmt.Sprintf(" (default %q)", f.DefValue)
-			}
-			fmt.Fprintf(stderr, "  --%s  [%s]%s\n      %s\n", f.Name, envName(f.Name), def, f.Usage)
-		})
+func serve(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	var c service.Config
+	fs.StringVar(&c.DataDir, "data-dir", "./data", "directory for the embedded NATS store and the generated auth secret")
+	fs.StringVar(&c.HTTPAddr, "http-addr", ":8080", "address of the HTTP API and web UI")
+	fs.StringVar(&c.NATSAddr, "nats-addr", "127.0.0.1:4222", "client listener of the embedded NATS server, for local TelAPI nodes (port 0 picks one)")
+	fs.StringVar(&c.NATSURL, "nats-url", "", "comma-separated URLs of an external NATS server or cluster; when set, no embedded server starts")
+	fs.IntVar(&c.Replicas, "replicas", 1, "replicas of every stream and bucket (3 or 5 on a cluster)")
+	fs.StringVar(&c.AuthSecret, "auth-secret", "", "HS256 secret for bearer tokens, at least 32 bytes; if empty, one is generated once into --data-dir")
+	fs.BoolVar(&c.DevLogin, "dev-login", false, "DEVELOPMENT ONLY: let anyone sign in to the web UI as any role and team, without a token")
+	logCfg := cli.LogFlags(fs)
+	intro := "Usage: telkeys serve [flags]\n\nRuns the API key service: the REST API, the projections that build the read\n" +
+		"models, and (unless --nats-url is set) an embedded NATS server with JetStream.\n" +
+		"SIGINT or SIGTERM drains HTTP, then NATS, then stops.\n"
+	if err := cli.Parse(fs, args, os.Stderr, envPrefix, intro); err != nil {
+		return err
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+	log, err := logCfg.NewLogger(os.Stderr)
+	if err != nil {
+		return err
+	}
+	return service.Run(ctx, c, log)
+}
+
+func token(args []string) error {
+	fs := flag.NewFlagSet("token", flag.ContinueOnError)
+	role := fs.String("role", "", "role of the token: superadmin, auditor, member or node (required)")
+	team := fs.String("team", "", "team id, required for members and refused for other roles")
+	sub := fs.String("sub", "", "subject (who holds the token); defaults to \"<role>-cli\"")
+	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid, e.g. 30m or 24h")
+	dataDir := fs.String("data-dir", "./data", "data directory of the service, where its generated secret is kept")
+	secret := fs.String("auth-secret", "", "HS256 secret (at least 32 bytes); if empty, the one kept in --data-dir")
+	intro := "Usage: telkeys token --role R [--team T] [--sub S] [--ttl D]\n\n" +
+		"Prints a bearer token signed with the same secret that \"telkeys serve\" uses\n" +
+		"(same --data-dir and --auth-secret), and nothing else.\n"
+	if err := cli.Parse(fs, args, os.Stderr, envPrefix, intro); err != nil {
+		return err
+	}
+	if *role == "" {
+		return cli.Usage(errors.New("--role is required"))
+	}
+	if *sub == "" {
+		*sub = *role + "-cli"
+	}
+	key, err := auth.ResolveSecret(*secret, *dataDir)
+	if err != nil {
+		return err
+	}
+	a, err := auth.New(key, commands.ValidTeamID)
+	if err != nil {
+		return err
+	}
+	tok, err := a.Mint(auth.Claims{Subject: *sub, Role: auth.Role(*role), Team: *team}, *ttl)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Println(tok)
+	return err
+}
+
+const auditUsage = `Usage:
+  telkeys audit events [--nats-url U] [--team T] [--type X] [--since t] [--until t] [--format table|jsonl|csv]
+  telkeys audit verify [--nats-url U]
+  telkeys audit state  --at <RFC3339> [--team T] [--format table|json] [--nats-url U]
+
+events  streams the history in order: sequence, time, actor, type, aggregate, payload.
+verify  recomputes every hash and prev link and checks sequences; exit 0 if intact,
+        1 with the first broken event otherwise.
+state   replays up to --at and shows team configs, the keys active then, and the flags.
+
+Auditors need read access to the event stream only (see deploy/nats/accounts.conf).
+`
+
+func auditCmd(ctx context.Context, args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprint(os.Stderr, auditUsage)
+		if len(args) == 0 {
+			return cli.ErrUsage
+		}
+		return nil
+	}
+	fs := flag.NewFlagSet("audit "+args[0], flag.ContinueOnError)
+	url := fs.String("nats-url", "nats://127.0.0.1:4222", "NATS server(s), comma-separated; credentials as nats://user:password@host:port")
+	team := fs.String("team", "", "only this team's events")
+	typ := fs.String("type", "", "only events of this type: PlatformFlagSet, TeamAccessConfigured, KeyCreated, KeyDeleted")
+	since := fs.String("since", "", "only events stored at or after this RFC 3339 time")
+	until := fs.String("until", "", "only events stored at or before this RFC 3339 time")
+	at := fs.String("at", "", "the moment to reconstruct (state), RFC 3339")
+	format := fs.String("format", "table", "output: table, jsonl or csv (events); table or json (state)")
+	if err := cli.Parse(fs, args[1:], os.Stderr, envPrefix, auditUsage); err != nil {
+		return err
+	}
+	f := audit.Filter{Team: *team, Type: events.Type(*typ)}
+	var err error
+	if f.Since, err = parseTime("--since", *since); err != nil {
+		return err
+	}
+	if f.Until, err = parseTime("--until", *until); err != nil {
+		return err
+	}
+	nc, err := nats.Connect(*url, nats.Name("telkeys audit"))
+	if err != nil {
+		return fmt.Errorf("connect to NATS: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	progress := cli.Progress(os.Stderr, "replayed")
+	switch args[0] {
+	case "events":
+		return audit.WriteEvents(ctx, js, f, *format, os.Stdout, progress)
+	case "verify":
+		return auditVerify(ctx, js, os.Stdout, progress)
+	case "state":
+		t, err := parseTime("--at", *at)
+		if err != nil || t.IsZero() {
+			return cli.Usage(errors.Join(err, errors.New("--at is required")))
+		}
+		st, err := audit.StateAt(ctx, js, "", t, *team)
+		if err != nil {
 			return err
 		}
-		return errUsage
+		return audit.WriteState(os.Stdout, st, *format)
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "unexpected argument %q\n", fs.Arg(0))
-		fs.Usage()
-		return errUsage
+	return cli.Usage(fmt.Errorf("unknown audit command %q", args[0]))
+}
+
+func auditVerify(ctx context.Context, js jetstream.JetStream, out io.Writer, progress func(done, last uint64)) error {
+	sum, err := audit.Verify(ctx, js, "", progress)
+	var b *audit.Broken
+	if errors.As(err, &b) {
+		fmt.Fprintf(out, "BROKEN at seq %d, event %s: %s\n", b.Seq, b.EventID, b.Reason)
+		return cli.ErrFailed
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var errs []error
-	fs.VisitAll(func(f *flag.Flag) {
-		if v, ok := os.LookupEnv(envName(f.Name)); ok && !set[f.Name] {
-			if err := fs.Set(f.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", envName(f.Name), err))
-			}
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(out, "intact: %d events (seq %d to %d) in %d aggregates; every hash and prev link verified\n",
+		sum.Events, sum.FirstSeq, sum.LastSeq, sum.Aggregates)
+	return err
+}
+
+func parseTime(name, s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return t, cli.Usage(fmt.Errorf("%s: want RFC 3339, like 2026-11-26T10:00:00Z", name))
+	}
+	return t, nil
+}
+
+func benchCmd(ctx context.Context, args []string) error {
+	if len(args) > 0 && args[0] == "node" {
+		fs := flag.NewFlagSet("bench node", flag.ContinueOnError)
+		url := fs.String("nats-url", "nats://127.0.0.1:4222", "NATS server of the telkeys to measure against")
+		if err := cli.Parse(fs, args[1:], os.Stderr, envPrefix, bench.NodeUsage); err != nil {
+			return err
 		}
-	})
-	return errors.Join(errs...)
-}
-
-func envName(flagName string) string {
-	return "TELKEYS_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
-}
-
-// newLogger returns a structured logger writing to w.
-func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+		return bench.RunNode(ctx, *url, os.Stdin, os.Stdout)
 	}
-	opts := &slog.HandlerOptions{Level: lv}
-	switch format {
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	var c bench.Config
+	fs.BoolVar(&c.Quick, "quick", false, "shrink every scenario to a few seconds (10000 keys, 1s loads, 50 deletes, 160 creates), to check that the harness works")
+	fs.BoolVar(&c.JSON, "json", false, "print the report as JSON instead of a table")
+	fs.StringVar(&c.Only, "only", "", "comma-separated scenarios to run (default: all): "+strings.Join(bench.Scenarios, ","))
+	fs.StringVar(&c.NATSURL, "nats-url", "", "use this NATS server instead of an embedded one; it must hold no telkeys events")
+	fs.IntVar(&c.Keys, "keys", 0, "keys to store (default 1000000, or 10000 with --quick)")
+	fs.DurationVar(&c.Duration, "duration", 0, "length of each HTTP load (default 10s, or 1s with --quick)")
+	fs.IntVar(&c.Deletes, "deletes", 0, "keys to delete in revoke (default 1000, or 50 with --quick)")
+	fs.IntVar(&c.Creates, "creates", 0, "keys to create in create (default 3200, or 160 with --quick)")
+	fs.StringVar(&c.LogLevel, "log-level", "error", "log level of the telkeys under test, on stderr: debug shows where startup time goes")
+	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
+	if err := cli.Parse(fs, args, os.Stderr, envPrefix, bench.Usage); err != nil {
+		return err
 	}
-	return nil, fmt.Errorf("log format %q: want json or text", format)
+	return bench.Run(ctx, c, os.Stdout, os.Stderr)
 }

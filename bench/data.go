@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -18,6 +18,7 @@ import (
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/commands"
 	"github.com/telapi/telkeys/events"
+	"github.com/telapi/telkeys/service"
 )
 
 // keysPerTeam is the most keys a team may hold (max_keys ≤ 1000).
@@ -51,7 +52,7 @@ func (b *bench) load(ctx context.Context) error {
 	if b.cfg.NATSURL == "" {
 		ns, err := server.NewServer(&server.Options{
 			ServerName: "telkeys", Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
-			StoreDir: filepath.Join(b.cfg.DataDir, "jetstream"), NoSigs: true,
+			StoreDir: filepath.Join(b.dir, "jetstream"), NoSigs: true,
 		})
 		if err != nil {
 			return err
@@ -162,7 +163,7 @@ func waitPublished(ctx context.Context, js jetstream.JetStream) error {
 func (b *bench) firstStart(ctx context.Context) error {
 	b.progress.printf("first start: projecting %d events into the read models", b.data.events)
 	t0 := time.Now()
-	svc, err := Start(ctx, b.serveConfig(), b.logger())
+	svc, err := service.Start(ctx, b.serveConfig(), b.logger())
 	if err != nil {
 		return err
 	}
@@ -171,7 +172,7 @@ func (b *bench) firstStart(ctx context.Context) error {
 		return err
 	}
 	took := time.Since(t0)
-	b.add(figure{Scenario: "startup", Figure: fmt.Sprintf("first start: project %d events, then ready", b.data.events),
+	b.add(Figure{Scenario: "startup", Figure: fmt.Sprintf("first start: project %d events, then ready", b.data.events),
 		Value: float64(b.data.events) / took.Seconds(), Unit: "events/s"})
 	return svc.Shutdown(ctx)
 }
@@ -181,7 +182,7 @@ func (b *bench) firstStart(ctx context.Context) error {
 func (b *bench) startup(ctx context.Context) error {
 	b.progress.printf("startup: starting telkeys on the stored history (fsync always)")
 	t0 := time.Now()
-	svc, err := Start(ctx, b.serveConfig(), b.logger())
+	svc, err := service.Start(ctx, b.serveConfig(), b.logger())
 	if err != nil {
 		return err
 	}
@@ -191,7 +192,7 @@ func (b *bench) startup(ctx context.Context) error {
 	}
 	took := time.Since(t0)
 	if b.data.events > 0 {
-		b.add(figure{Scenario: "startup", Figure: fmt.Sprintf("start → /readyz 200, %d keys stored", b.cfg.Keys),
+		b.add(Figure{Scenario: "startup", Figure: fmt.Sprintf("start → /readyz 200, %d keys stored", b.cfg.Keys),
 			Value: ms(took), Unit: "ms"}.atMost(5000))
 	}
 	if b.nc, err = nats.Connect(svc.NATSURL, nats.Name("telkeys-bench")); err != nil {
@@ -202,7 +203,7 @@ func (b *bench) startup(ctx context.Context) error {
 }
 
 // waitReady polls /readyz until it answers 200, reporting its reason.
-func (b *bench) waitReady(ctx context.Context, svc *Service, limit time.Duration) error {
+func (b *bench) waitReady(ctx context.Context, svc *service.Service, limit time.Duration) error {
 	client := &http.Client{Timeout: 5 * time.Second}
 	deadline := time.Now().Add(limit)
 	last := ""

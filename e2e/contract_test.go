@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"net/http"
@@ -11,6 +11,7 @@ import (
 	"github.com/telapi/telkeys/apikey"
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/bus/bustest"
+	"github.com/telapi/telkeys/service"
 )
 
 // The REST contract of design.md, route by route: each success and each
@@ -239,7 +240,7 @@ func TestContract(t *testing.T) {
 			t.Fatalf("ui-config: %d %s", r.status, r.body)
 		}
 		expectProblem(t, s.do("GET", "/v1/dev/token?role=superadmin", "", nil), 404, "not_found")
-		dev := startService(t, func(c *ServeConfig) { c.DevLogin = true })
+		dev := startService(t, func(c *service.Config) { c.DevLogin = true })
 		r = dev.do("GET", "/v1/dev/token?role=member&team=acme", "", nil)
 		if r.status != 200 {
 			t.Fatalf("dev token: %d %s", r.status, r.body)

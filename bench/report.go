@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"fmt"
@@ -9,9 +9,9 @@ import (
 	"time"
 )
 
-// figure is one line of the bench report. Floor and Ratio are set when the
+// Figure is one line of the bench report. Floor and Ratio are set when the
 // figure has a floor; Target and Met when it has a goal.
-type figure struct {
+type Figure struct {
 	Scenario  string   `json:"scenario"`
 	Figure    string   `json:"figure"`
 	Value     float64  `json:"value"`
@@ -23,18 +23,18 @@ type figure struct {
 	Met       *bool    `json:"met,omitempty"`
 }
 
-// report is what telkeys bench prints.
-type report struct {
+// Report is what telkeys bench prints (--json gives it as JSON).
+type Report struct {
 	Date      string   `json:"date"`
 	Quick     bool     `json:"quick"`
 	Keys      int      `json:"keys"`
 	CPUs      int      `json:"cpus"`
 	GoVersion string   `json:"go_version"`
-	Figures   []figure `json:"figures"`
+	Figures   []Figure `json:"figures"`
 }
 
 // withFloor sets the floor and the ratio value/floor.
-func (f figure) withFloor(name string, floor float64) figure {
+func (f Figure) withFloor(name string, floor float64) Figure {
 	f.Floor, f.FloorName = &floor, name
 	if floor > 0 {
 		r := f.Value / floor
@@ -45,19 +45,19 @@ func (f figure) withFloor(name string, floor float64) figure {
 
 // ratioAtMost and ratioAtLeast set a goal on the ratio to the floor;
 // atMost one on the value.
-func (f figure) ratioAtMost(x float64) figure {
+func (f Figure) ratioAtMost(x float64) Figure {
 	return f.goal(fmt.Sprintf("≤ %g× floor", x), f.Ratio != nil && *f.Ratio <= x)
 }
 
-func (f figure) ratioAtLeast(x float64) figure {
+func (f Figure) ratioAtLeast(x float64) Figure {
 	return f.goal(fmt.Sprintf("≥ %g× floor", x), f.Ratio != nil && *f.Ratio >= x)
 }
 
-func (f figure) atMost(x float64) figure {
+func (f Figure) atMost(x float64) Figure {
 	return f.goal(fmt.Sprintf("≤ %s", formatValue(x, f.Unit)), f.Value <= x)
 }
 
-func (f figure) goal(target string, met bool) figure {
+func (f Figure) goal(target string, met bool) Figure {
 	f.Target, f.Met = target, &met
 	return f
 }
@@ -78,7 +78,7 @@ func formatValue(v float64, unit string) string {
 	return s + " " + unit
 }
 
-func (r report) table(w io.Writer) error {
+func (r Report) table(w io.Writer) error {
 	mode := "full run"
 	if r.Quick {
 		mode = "QUICK run (sizes shrunk; not comparable with the targets)"

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -75,8 +75,8 @@ func (b *bench) replay(ctx context.Context) error {
 		return err
 	}
 	floor := "raw ordered consumer"
-	b.add(figure{Scenario: "replay", Figure: fmt.Sprintf("audit verify, %d events", n), Value: verify, Unit: "events/s"}.withFloor(floor, raw).ratioAtLeast(0.5))
-	b.add(figure{Scenario: "replay", Figure: fmt.Sprintf("audit state, %d events", n), Value: state, Unit: "events/s"}.withFloor(floor, raw).ratioAtLeast(0.5))
+	b.add(Figure{Scenario: "replay", Figure: fmt.Sprintf("audit verify, %d events", n), Value: verify, Unit: "events/s"}.withFloor(floor, raw).ratioAtLeast(0.5))
+	b.add(Figure{Scenario: "replay", Figure: fmt.Sprintf("audit state, %d events", n), Value: state, Unit: "events/s"}.withFloor(floor, raw).ratioAtLeast(0.5))
 	return nil
 }
 
@@ -117,10 +117,10 @@ func (b *bench) revoke(ctx context.Context) error {
 	lat, floor = lat.sorted(), floor.sorted()
 	name := "core NATS pub→recv, same connections"
 	what := fmt.Sprintf("DELETE response → refused, 3 nodes × %d deletes", len(keys))
-	b.add(figure{Scenario: "revoke", Figure: what + ", p50", Value: us(lat.at(0.5)), Unit: "µs"}.withFloor(name, us(floor.at(0.5))))
-	b.add(figure{Scenario: "revoke", Figure: what + ", p99", Value: us(lat.at(0.99)), Unit: "µs"}.withFloor(name, us(floor.at(0.99))).atMost(1000))
-	b.add(figure{Scenario: "revoke", Figure: what + ", max", Value: us(lat.at(1)), Unit: "µs"}.withFloor(name, us(floor.at(1))))
-	b.add(figure{Scenario: "revoke", Figure: "nodes already refusing when the DELETE response arrived", Value: 100 * float64(firstLook) / float64(len(lat)), Unit: "%"})
+	b.add(Figure{Scenario: "revoke", Figure: what + ", p50", Value: us(lat.at(0.5)), Unit: "µs"}.withFloor(name, us(floor.at(0.5))))
+	b.add(Figure{Scenario: "revoke", Figure: what + ", p99", Value: us(lat.at(0.99)), Unit: "µs"}.withFloor(name, us(floor.at(0.99))).atMost(1000))
+	b.add(Figure{Scenario: "revoke", Figure: what + ", max", Value: us(lat.at(1)), Unit: "µs"}.withFloor(name, us(floor.at(1))))
+	b.add(Figure{Scenario: "revoke", Figure: "nodes already refusing when the DELETE response arrived", Value: 100 * float64(firstLook) / float64(len(lat)), Unit: "%"})
 	return nil
 }
 
@@ -257,9 +257,9 @@ func (b *bench) create(ctx context.Context) error {
 	}
 	name := "raw JetStream publishes"
 	what := fmt.Sprintf("POST /v1/teams/{team}/api-keys, %d clients", benchCreateClients)
-	b.add(figure{Scenario: "create", Figure: what, Value: r.rate(), Unit: "creates/s"}.withFloor(name, floor.rate()).ratioAtLeast(0.5))
-	b.add(figure{Scenario: "create", Figure: "create p50", Value: ms(r.lat.at(0.5)), Unit: "ms"}.withFloor(name, ms(floor.lat.at(0.5))))
-	b.add(figure{Scenario: "create", Figure: "create p99", Value: ms(r.lat.at(0.99)), Unit: "ms"}.withFloor(name, ms(floor.lat.at(0.99))))
+	b.add(Figure{Scenario: "create", Figure: what, Value: r.rate(), Unit: "creates/s"}.withFloor(name, floor.rate()).ratioAtLeast(0.5))
+	b.add(Figure{Scenario: "create", Figure: "create p50", Value: ms(r.lat.at(0.5)), Unit: "ms"}.withFloor(name, ms(floor.lat.at(0.5))))
+	b.add(Figure{Scenario: "create", Figure: "create p99", Value: ms(r.lat.at(0.99)), Unit: "ms"}.withFloor(name, ms(floor.lat.at(0.99))))
 	return nil
 }
 

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -23,7 +23,7 @@ import (
 // only on a 50 ms tick, while the first event or heartbeat on the new
 // connection already counted as fresh.
 func TestReconnectNeverAnswersFromStaleState(t *testing.T) {
-	s := startService(t, func(c *ServeConfig) { c.LogLevel = "info" })
+	s := startService(t)
 	u, err := url.Parse(s.NATSURL)
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -7,13 +7,14 @@ import (
 
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/bus/bustest"
+	"github.com/telapi/telkeys/service"
 )
 
 // startPair starts two telkeys instances sharing one NATS server (the first
 // one's embedded server), each with its own HTTP port.
 func startPair(t *testing.T) (a, b *testService) {
 	a = startService(t)
-	b = startService(t, func(c *ServeConfig) { c.NATSURL = a.NATSURL })
+	b = startService(t, func(c *service.Config) { c.NATSURL = a.NATSURL })
 	return a, b
 }
 
@@ -87,7 +88,7 @@ func TestReadYourWritesAcrossInstances(t *testing.T) {
 // takes over (the consumer's pin moves) and keeps the read models current.
 func TestProjectionFailsOverWhenAnInstanceStops(t *testing.T) {
 	ns := bustest.Server(t)
-	external := func(c *ServeConfig) { c.NATSURL = ns.ClientURL() }
+	external := func(c *service.Config) { c.NATSURL = ns.ClientURL() }
 	a, b := startService(t, external), startService(t, external)
 	a.enableTeam("acme", 100)
 	tok := a.token(auth.RoleMember, "acme")

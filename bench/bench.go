@@ -1,4 +1,7 @@
-package main
+// Package bench is telkeys bench: it measures what users of telkeys care
+// about, each figure next to a floor measured in the same run on the same
+// machine.
+package bench
 
 import (
 	"context"
@@ -6,7 +9,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,14 +23,16 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/cli"
 	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/service"
 )
 
-// The scenarios of telkeys bench, in the order of the report.
-var benchScenarios = []string{"verify-local", "verify-http", "node-gate", "revoke", "create", "replay", "startup"}
+// Scenarios are the scenarios of telkeys bench, in the order of the report.
+var Scenarios = []string{"verify-local", "verify-http", "node-gate", "revoke", "create", "replay", "startup"}
 
-// benchConfig is every setting of telkeys bench.
-type benchConfig struct {
+// Config is every setting of telkeys bench.
+type Config struct {
 	Quick    bool
 	JSON     bool
 	Only     string
@@ -37,7 +41,6 @@ type benchConfig struct {
 	Duration time.Duration
 	Deletes  int
 	Creates  int
-	DataDir  string
 	// CPUProfile, if set, is where the bench writes a CPU profile of its
 	// own process (telkeys, its embedded NATS and the load generators).
 	CPUProfile string
@@ -46,11 +49,11 @@ type benchConfig struct {
 }
 
 // Validate reports every problem at once.
-func (c benchConfig) Validate() error {
+func (c Config) Validate() error {
 	var errs []error
 	for _, s := range c.only() {
-		if !slices.Contains(benchScenarios, s) {
-			errs = append(errs, fmt.Errorf("--only: unknown scenario %q; want some of %s", s, strings.Join(benchScenarios, ",")))
+		if !slices.Contains(Scenarios, s) {
+			errs = append(errs, fmt.Errorf("--only: unknown scenario %q; want some of %s", s, strings.Join(Scenarios, ",")))
 		}
 	}
 	if c.Keys < 1000 || c.Keys > 10_000_000 {
@@ -72,19 +75,20 @@ func (c benchConfig) Validate() error {
 	return errors.Join(errs...)
 }
 
-func (c benchConfig) only() []string {
+func (c Config) only() []string {
 	if c.Only == "" {
 		return nil
 	}
 	return strings.Split(c.Only, ",")
 }
 
-func (c benchConfig) wants(scenario string) bool {
+func (c Config) wants(scenario string) bool {
 	o := c.only()
 	return len(o) == 0 || slices.Contains(o, scenario)
 }
 
-const benchIntro = `Usage: telkeys bench [flags]
+// Usage explains telkeys bench and its scenarios.
+const Usage = `Usage: telkeys bench [flags]
 
 Measures what users of telkeys care about, each figure next to a floor
 measured in the same run on the same machine, and prints a table: figure,
@@ -112,26 +116,11 @@ history), stores --keys keys in teams of 1000, and runs:
 The history is written without fsync, to build it quickly; every figure
 after that is measured with the embedded server's sync_interval: always.
 Targets are goals, not pass/fail: the exit code says only whether the bench
-ran. The harness runs itself as "telkeys bench-node" to measure a keyauth
-node in a process of its own.
+ran. verify-local runs "telkeys bench node" (see "telkeys bench node --help")
+so that the keyauth node it measures has a process of its own.
 `
 
-func benchFlags(fs *flag.FlagSet) *benchConfig {
-	c := &benchConfig{}
-	fs.BoolVar(&c.Quick, "quick", false, "shrink every scenario to a few seconds (10000 keys, 1s loads, 50 deletes, 160 creates), to check that the harness works")
-	fs.BoolVar(&c.JSON, "json", false, "print the report as JSON instead of a table")
-	fs.StringVar(&c.Only, "only", "", "comma-separated scenarios to run (default: all): "+strings.Join(benchScenarios, ","))
-	fs.StringVar(&c.NATSURL, "nats-url", "", "use this NATS server instead of an embedded one; it must hold no telkeys events")
-	fs.IntVar(&c.Keys, "keys", 0, "keys to store (default 1000000, or 10000 with --quick)")
-	fs.DurationVar(&c.Duration, "duration", 0, "length of each HTTP load (default 10s, or 1s with --quick)")
-	fs.IntVar(&c.Deletes, "deletes", 0, "keys to delete in revoke (default 1000, or 50 with --quick)")
-	fs.IntVar(&c.Creates, "creates", 0, "keys to create in create (default 3200, or 160 with --quick)")
-	fs.StringVar(&c.LogLevel, "log-level", "error", "log level of the telkeys under test, on stderr: debug shows where startup time goes")
-	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
-	return c
-}
-
-func (c *benchConfig) setDefaults() {
+func (c *Config) setDefaults() {
 	pick := func(v *int, full, quick int) {
 		if *v == 0 {
 			*v = full
@@ -151,23 +140,18 @@ func (c *benchConfig) setDefaults() {
 	}
 }
 
-func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	cfg := benchFlags(fs)
-	if err := parseFlags(fs, args, stderr, benchIntro); err != nil {
-		return err
-	}
+// Run runs the bench: progress on stderr, the report on stdout. The error
+// says only whether the bench ran, not whether targets were met.
+func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
-		fmt.Fprintln(stderr, err)
-		return errUsage
+		return cli.Usage(err)
 	}
 	dir, err := os.MkdirTemp("", "telkeys-bench-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	cfg.DataDir = dir
 	if cfg.CPUProfile != "" {
 		f, err := os.Create(cfg.CPUProfile)
 		if err != nil {
@@ -182,7 +166,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	var secret [32]byte
 	_, _ = rand.Read(secret[:])
-	b := &bench{cfg: *cfg, progress: newProgress(stderr), secret: hex.EncodeToString(secret[:])}
+	b := &bench{cfg: cfg, dir: dir, progress: newProgress(stderr), secret: hex.EncodeToString(secret[:])}
 	if b.auth, err = auth.New([]byte(b.secret), commands.ValidTeamID); err != nil {
 		return err
 	}
@@ -190,12 +174,12 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := b.run(ctx); err != nil {
 		return err
 	}
-	rep := report{
+	rep := Report{
 		Date: time.Now().UTC().Format(time.RFC3339), Quick: cfg.Quick, Keys: cfg.Keys,
 		CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), Figures: b.figures,
 	}
-	slices.SortStableFunc(rep.Figures, func(a, b figure) int {
-		return slices.Index(benchScenarios, a.Scenario) - slices.Index(benchScenarios, b.Scenario)
+	slices.SortStableFunc(rep.Figures, func(a, b Figure) int {
+		return slices.Index(Scenarios, a.Scenario) - slices.Index(Scenarios, b.Scenario)
 	})
 	if cfg.JSON {
 		enc := json.NewEncoder(stdout)
@@ -208,21 +192,22 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // bench is one run of the harness: the service under test and what the
 // scenarios share.
 type bench struct {
-	cfg      benchConfig
+	cfg      Config
+	dir      string // the embedded server's store
 	progress *progress
 	secret   string
 	auth     *auth.Authority
 	data     dataset
-	svc      *Service
+	svc      *service.Service
 	nc       *nats.Conn // the bench's own client connection
 	js       jetstream.JetStream
 	nodes    []*benchNode // keyauth validators on their own connections
-	figures  []figure
+	figures  []Figure
 }
 
 func (b *bench) run(ctx context.Context) error {
 	needsData := false
-	for _, s := range benchScenarios {
+	for _, s := range Scenarios {
 		needsData = needsData || (s != "create" && b.cfg.wants(s))
 	}
 	if needsData {
@@ -261,15 +246,15 @@ func (b *bench) run(ctx context.Context) error {
 
 // serveConfig is how the bench runs telkeys: the embedded server on the
 // bench's data dir (sync always), or the given NATS.
-func (b *bench) serveConfig() ServeConfig {
-	return ServeConfig{
-		DataDir: b.cfg.DataDir, HTTPAddr: "127.0.0.1:0", NATSAddr: "127.0.0.1:0", NATSURL: b.cfg.NATSURL,
-		Replicas: 1, AuthSecret: b.secret, LogFormat: "text", LogLevel: b.cfg.LogLevel,
+func (b *bench) serveConfig() service.Config {
+	return service.Config{
+		DataDir: b.dir, HTTPAddr: "127.0.0.1:0", NATSAddr: "127.0.0.1:0", NATSURL: b.cfg.NATSURL,
+		Replicas: 1, AuthSecret: b.secret,
 	}
 }
 
 func (b *bench) logger() *slog.Logger {
-	log, _ := newLogger(b.progress.w, "text", b.cfg.LogLevel) // validated
+	log, _ := cli.NewLogger(b.progress.w, "text", b.cfg.LogLevel) // validated
 	return log
 }
 
@@ -293,7 +278,7 @@ func (b *bench) token(role auth.Role, team string) string {
 	return tok
 }
 
-func (b *bench) add(f figure) { b.figures = append(b.figures, f) }
+func (b *bench) add(f Figure) { b.figures = append(b.figures, f) }
 
 // progress reports what the bench is doing on stderr: phase lines, and for
 // long loops at most one line a second.

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bytes"
@@ -233,7 +233,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 		t.Fatal(err)
 	}
 	slices.Sort(streams)
-	for _, want := range []string{bus.EventStream, "KV_" + bus.BucketReadModel, "KV_" + bus.BucketSnapshots} {
+	for _, want := range []string{bus.EventStream, bus.KVStream(bus.BucketReadModel), bus.KVStream(bus.BucketSnapshots)} {
 		if !slices.Contains(streams, want) {
 			t.Fatalf("stream %s not found among %v", want, streams)
 		}
@@ -278,20 +278,20 @@ func TestSecretsNeverLeak(t *testing.T) {
 
 	// The scan looked at the right data: what telkeys does store about
 	// each key is there.
-	readModel := msgs["KV_"+bus.BucketReadModel]
+	readModel := msgs[bus.KVStream(bus.BucketReadModel)]
 	keySubjects := map[string]bool{}
 	prefixes := map[string]int{}
 	for _, m := range readModel {
 		keySubjects[m.Subject()] = true
 		for _, p := range []string{bus.TeamPrefix, bus.TeamKeysPrefix, bus.KeyPrefix} {
-			if strings.HasPrefix(m.Subject(), "$KV."+bus.BucketReadModel+"."+p) {
+			if strings.HasPrefix(m.Subject(), bus.KVSubject(bus.BucketReadModel, p)) {
 				prefixes[p]++
 			}
 		}
 	}
 	for i, k := range keys {
 		h := apikey.HashOf(k.key)
-		if !keySubjects["$KV."+bus.BucketReadModel+"."+bus.KeyPrefix+hex.EncodeToString(h[:])] {
+		if !keySubjects[bus.KVSubject(bus.BucketReadModel, bus.KeyPrefix+hex.EncodeToString(h[:]))] {
 			t.Errorf("key #%d: its SHA-256 is not a subject of KV_%s", i, bus.BucketReadModel)
 		}
 		inEvents := false
@@ -309,7 +309,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	if prefixes[bus.KeyPrefix] != len(keys) || prefixes[bus.TeamPrefix] != 3 || prefixes[bus.TeamKeysPrefix] != 3 {
 		t.Errorf("KV_%s holds %v records by prefix, want %d keys and 3 of each team record", bus.BucketReadModel, prefixes, len(keys))
 	}
-	snaps := msgs["KV_"+bus.BucketSnapshots]
+	snaps := msgs[bus.KVStream(bus.BucketSnapshots)]
 	if len(snaps) == 0 {
 		t.Fatalf("KV_%s is empty after 41 events on team churn", bus.BucketSnapshots)
 	}

@@ -1,8 +1,6 @@
-package main
+package e2e
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -71,9 +69,8 @@ func TestAuditCommands(t *testing.T) {
 		t.Fatalf("delete %d", r.status)
 	}
 	cli := func(args ...string) (int, string) {
-		var out, errOut bytes.Buffer
-		code := run(context.Background(), append(args, "--nats-url", s.NATSURL), &out, &errOut)
-		return code, out.String() + errOut.String()
+		code, out, errOut := runTelkeys(t, append(args, "--nats-url", s.NATSURL)...)
+		return code, out + errOut
 	}
 	if code, out := cli("audit", "verify"); code != 0 || !strings.Contains(out, "intact: 3 events") {
 		t.Fatalf("verify: %d %s", code, out)

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bufio"
@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -19,11 +18,12 @@ import (
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/bus/bustest"
 	"github.com/telapi/telkeys/events"
+	"github.com/telapi/telkeys/service"
 )
 
 func TestGracefulRestartKeepsEverything(t *testing.T) {
 	dir := t.TempDir()
-	onDir := func(c *ServeConfig) { c.DataDir = dir }
+	onDir := func(c *service.Config) { c.DataDir = dir }
 	s := startService(t, onDir)
 	s.enableTeam("acme", 10)
 	var ids []string
@@ -60,8 +60,7 @@ func TestGracefulRestartKeepsEverything(t *testing.T) {
 		map[string]any{"name": "over", "scopes": []string{"READ_TEAM_APPS"}}), 409, "max_keys_reached")
 }
 
-// child is telkeys serve running as a separate OS process (this test
-// binary re-executed as main).
+// child is telkeys serve running as a separate OS process.
 type child struct {
 	cmd     *exec.Cmd
 	base    string
@@ -71,9 +70,8 @@ type child struct {
 
 func startChild(t *testing.T, dataDir string) *child {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "serve", "--data-dir", dataDir, "--http-addr", "127.0.0.1:0",
+	cmd := exec.Command(bin.telkeys, "serve", "--data-dir", dataDir, "--http-addr", "127.0.0.1:0",
 		"--nats-addr", "127.0.0.1:0", "--auth-secret", testSecret, "--log-format", "json")
-	cmd.Env = append(os.Environ(), "TELKEYS_TEST_AS_MAIN=1")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -216,7 +214,7 @@ func TestSIGKILLDuringCreates(t *testing.T) {
 // aggregate's chain is intact, and returns the ids of created keys.
 func checkEventStream(t *testing.T, natsURL string) map[string]bool {
 	t.Helper()
-	ts := &testService{t: t, Service: &Service{NATSURL: natsURL}}
+	ts := &testService{t: t, Service: &service.Service{NATSURL: natsURL}}
 	msgs := allMessages(t, ts.js(), bus.EventStream)
 	seen := map[string]bool{}
 	last := map[string][]byte{}

@@ -1,17 +1,19 @@
-package main
+package e2e
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"os"
-	"os/signal"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,25 +22,50 @@ import (
 
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/bus/bustest"
-	"github.com/telapi/telkeys/cmd/telapi-node/node"
 	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/service"
 )
 
-// TestMain lets tests run this binary as a real telkeys process
-// (TELKEYS_TEST_AS_MAIN=1) or as a real telapi-node process
-// (TELKEYS_TEST_AS_MAIN=telapi-node).
+// bin holds telkeys and telapi-node, built once for the tests that run
+// them as real processes, with the race detector when the tests have it.
+var bin struct{ telkeys, telapiNode string }
+
 func TestMain(m *testing.M) {
-	switch os.Getenv("TELKEYS_TEST_AS_MAIN") {
-	case "1":
-		main()
-		return
-	case "telapi-node":
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		code := node.Run(ctx, os.Args[1:], os.Stderr)
-		stop()
-		os.Exit(code)
+	dir, err := os.MkdirTemp("", "telkeys-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
 	}
-	os.Exit(m.Run())
+	bin.telkeys, bin.telapiNode = filepath.Join(dir, "telkeys"), filepath.Join(dir, "telapi-node")
+	args := []string{"build"}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	for out, pkg := range map[string]string{bin.telkeys: "../cmd/telkeys", bin.telapiNode: "../cmd/telapi-node"} {
+		cmd := exec.Command("go", append(args, "-o", out, pkg)...)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "go build %s: %v\n%s", pkg, err, b)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// runTelkeys runs the telkeys binary to its end and returns its exit
+// code, stdout and stderr.
+func runTelkeys(t testing.TB, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	cmd := exec.Command(bin.telkeys, args...)
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatal(err)
+	}
+	return cmd.ProcessState.ExitCode(), out.String(), errOut.String()
 }
 
 const testSecret = "test-secret-0123456789abcdef0123456789abcdef"
@@ -64,9 +91,9 @@ func (b *syncBuffer) String() string {
 // testService is a telkeys started in-process through Start, with a real
 // embedded JetStream server and a real HTTP listener on random ports.
 type testService struct {
-	*Service
+	*service.Service
 	t    testing.TB
-	cfg  ServeConfig
+	cfg  service.Config
 	logs *syncBuffer
 	auth *auth.Authority
 	base string
@@ -74,18 +101,18 @@ type testService struct {
 
 // startService starts telkeys; mods adjust the config (e.g. NATSURL to
 // share another instance's NATS, or DataDir to restart on the same store).
-func startService(t testing.TB, mods ...func(*ServeConfig)) *testService {
+func startService(t testing.TB, mods ...func(*service.Config)) *testService {
 	t.Helper()
-	cfg := ServeConfig{
+	cfg := service.Config{
 		DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0", NATSAddr: "127.0.0.1:0",
-		Replicas: 1, AuthSecret: testSecret, LogFormat: "json", LogLevel: "debug",
+		Replicas: 1, AuthSecret: testSecret,
 	}
 	for _, m := range mods {
 		m(&cfg)
 	}
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	svc, err := Start(context.Background(), cfg, log)
+	svc, err := service.Start(context.Background(), cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,11 +1,10 @@
-package main
+package e2e
 
 import (
 	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -144,8 +143,7 @@ func (w *listenWatcher) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// nodeChild is a telapi-node running as a separate OS process (this test
-// binary re-executed with TELKEYS_TEST_AS_MAIN=telapi-node).
+// nodeChild is a telapi-node running as a separate OS process.
 type nodeChild struct {
 	name string
 	cmd  *exec.Cmd
@@ -156,8 +154,7 @@ type nodeChild struct {
 // launchNodeChild starts a node process; waitListening returns its address.
 func launchNodeChild(t *testing.T, name string, args ...string) *nodeChild {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], append([]string{"--name", name}, args...)...)
-	cmd.Env = append(os.Environ(), "TELKEYS_TEST_AS_MAIN=telapi-node")
+	cmd := exec.Command(bin.telapiNode, append([]string{"--name", name}, args...)...)
 	w := newListenWatcher()
 	cmd.Stderr = w
 	if err := cmd.Start(); err != nil {

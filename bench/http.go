@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -15,8 +15,8 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/telapi/telkeys/auth"
-	"github.com/telapi/telkeys/cmd/telapi-node/node"
 	"github.com/telapi/telkeys/keyauth"
+	"github.com/telapi/telkeys/node"
 )
 
 // httpConns is the number of connections of verify-http and node-gate.
@@ -164,9 +164,9 @@ func (b *bench) verifyHTTP(ctx context.Context) error {
 
 func (b *bench) addHTTP(scenario, what string, r, floor httpResult, floorName string, target float64) {
 	conns := fmt.Sprintf(", %d conns", httpConns)
-	b.add(figure{Scenario: scenario, Figure: what + conns, Value: r.rate(), Unit: "req/s"}.withFloor(floorName, floor.rate()).ratioAtLeast(target))
-	b.add(figure{Scenario: scenario, Figure: what + " p50", Value: ms(r.lat.at(0.5)), Unit: "ms"}.withFloor(floorName, ms(floor.lat.at(0.5))))
-	b.add(figure{Scenario: scenario, Figure: what + " p99", Value: ms(r.lat.at(0.99)), Unit: "ms"}.withFloor(floorName, ms(floor.lat.at(0.99))))
+	b.add(Figure{Scenario: scenario, Figure: what + conns, Value: r.rate(), Unit: "req/s"}.withFloor(floorName, floor.rate()).ratioAtLeast(target))
+	b.add(Figure{Scenario: scenario, Figure: what + " p50", Value: ms(r.lat.at(0.5)), Unit: "ms"}.withFloor(floorName, ms(floor.lat.at(0.5))))
+	b.add(Figure{Scenario: scenario, Figure: what + " p99", Value: ms(r.lat.at(0.99)), Unit: "ms"}.withFloor(floorName, ms(floor.lat.at(0.99))))
 }
 
 // allowAll is a node Verifier that checks nothing: the floor of node-gate.

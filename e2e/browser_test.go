@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -13,6 +13,8 @@ import (
 
 	cdpruntime "github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+
+	"github.com/telapi/telkeys/service"
 )
 
 // browserFor starts a headless Chromium (Debian's package) or skips, saying
@@ -153,7 +155,7 @@ func (p *page) devSignIn(role, team string) {
 
 func TestBrowserAPIKeysFlow(t *testing.T) {
 	alloc := browserFor(t)
-	s := startService(t, func(c *ServeConfig) { c.DevLogin = true })
+	s := startService(t, func(c *service.Config) { c.DevLogin = true })
 	visible := func(sel string) string {
 		return fmt.Sprintf("document.querySelector(%q) && document.querySelector(%q).offsetParent !== null", sel, sel)
 	}

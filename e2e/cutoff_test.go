@@ -1,8 +1,9 @@
-package main
+package e2e
 
 import (
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"strings"
@@ -11,7 +12,7 @@ import (
 	"time"
 
 	"github.com/telapi/telkeys/bus/bustest"
-	"github.com/telapi/telkeys/cmd/telapi-node/node"
+	"github.com/telapi/telkeys/node"
 )
 
 // cutProxy forwards TCP connections from its own address to target. Cut
@@ -127,20 +128,20 @@ func (p *cutProxy) Restore(t testing.TB) {
 	p.serveLocked(ln)
 }
 
-// startNodeInProcess runs node.Run in a goroutine until the test ends and
-// returns the node's HTTP address.
-func startNodeInProcess(t *testing.T, args ...string) (addr string, logs *listenWatcher) {
+// startNodeInProcess runs node.Serve in a goroutine until the test ends
+// and returns the node's HTTP address.
+func startNodeInProcess(t *testing.T, cfg node.Config) (addr string, logs *listenWatcher) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	w := newListenWatcher()
-	exit := make(chan int, 1)
-	go func() { exit <- node.Run(ctx, args, w) }()
+	exit := make(chan error, 1)
+	go func() { exit <- node.Serve(ctx, cfg, slog.New(slog.NewJSONHandler(w, nil))) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
-		case code := <-exit:
-			if code != 0 {
-				t.Errorf("node exited with %d", code)
+		case err := <-exit:
+			if err != nil {
+				t.Errorf("node stopped: %v", err)
 			}
 		case <-time.After(15 * time.Second):
 			t.Error("node did not stop within 15s of its context ending")
@@ -151,9 +152,9 @@ func startNodeInProcess(t *testing.T, args ...string) (addr string, logs *listen
 	})
 	select {
 	case addr = <-w.addr:
-	case code := <-exit:
-		exit <- code
-		t.Fatalf("node exited with %d before listening:\n%s", code, w.logs.String())
+	case err := <-exit:
+		exit <- err
+		t.Fatalf("node stopped before listening: %v\n%s", err, w.logs.String())
 	case <-time.After(30 * time.Second):
 		t.Fatalf("node did not listen within 30s:\n%s", w.logs.String())
 	}
@@ -164,15 +165,15 @@ func startNodeInProcess(t *testing.T, args ...string) (addr string, logs *listen
 // meanwhile, and checks that the node answers UNAVAILABLE once it is stale,
 // and that after it reconnects it never accepts the deleted key.
 func TestNodeCutOffFromNATS(t *testing.T) {
-	s := startService(t, func(c *ServeConfig) { c.LogLevel = "info" })
+	s := startService(t)
 	u, err := url.Parse(s.NATSURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	proxy := newCutProxy(t, u.Host)
 	const staleness = 2 * time.Second
-	addr, _ := startNodeInProcess(t, "--nats-url", "nats://"+proxy.addr, "--http-addr", "127.0.0.1:0",
-		"--max-staleness", staleness.String(), "--name", "cutoff-node")
+	addr, _ := startNodeInProcess(t, node.Config{NATSURL: "nats://" + proxy.addr, HTTPAddr: "127.0.0.1:0",
+		MaxStaleness: staleness, Name: "cutoff-node"})
 	n := newNodeAPI(t, "cutoff-node", addr)
 
 	s.configureTeam("acme", true, 100, nil)

@@ -12,12 +12,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -55,70 +52,11 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-const usage = `Usage: telapi-node [flags]
-
-A TelAPI node: POST /api/v1/call-tokens (CREATE_CALL_TOKEN),
-GET /api/v1/call-tokens/{id} (READ_CALL_TOKEN) and GET /api/v1/apps
-(READ_TEAM_APPS) take an API key in "Authorization: Bearer" or "X-API-Key",
-verified in memory by keyauth. POST /api/v1/webhooks takes no API key: it
-checks an HMAC-SHA256 of its body in "X-Telapi-Signature: sha256=<hex>".
-
-Flags (each also read from the environment variable shown):
-`
-
-// Run is the node's main: it returns the exit code.
-func Run(ctx context.Context, args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("telapi-node", flag.ContinueOnError)
-	var c Config
-	fs.StringVar(&c.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server(s) of telkeys, comma-separated")
-	fs.StringVar(&c.HTTPAddr, "http-addr", ":8081", "address of the node's HTTP API")
-	fs.StringVar(&c.Name, "name", "", "node name, unique among nodes (default: random)")
-	fs.DurationVar(&c.MaxStaleness, "max-staleness", 10*time.Second, "answer 503 after hearing nothing from telkeys for this long")
-	fs.BoolVar(&c.FailOpen, "fail-open", false, "keep answering from the last known state when stale (deleted keys may keep working while cut off)")
-	fs.StringVar(&c.WebhookSecret, "webhook-secret", "", "HMAC secret of /api/v1/webhooks; empty: a random one (webhooks always refused)")
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
-		fs.VisitAll(func(f *flag.Flag) {
-			fmt.Fprintf(stderr, "  --%s  [%s] (default %q)\n      %s\n", f.Name, envName(f.Name), f.DefValue, f.Usage)
-		})
+// Serve runs the node until ctx ends.
+func Serve(ctx context.Context, c Config, log *slog.Logger) error {
+	if err := c.Validate(); err != nil {
+		return err
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var bad error
-	fs.VisitAll(func(f *flag.Flag) {
-		if v, ok := os.LookupEnv(envName(f.Name)); ok && !set[f.Name] {
-			if err := fs.Set(f.Name, v); err != nil {
-				bad = errors.Join(bad, fmt.Errorf("%s: %w", envName(f.Name), err))
-			}
-		}
-	})
-	if bad == nil {
-		bad = c.Validate()
-	}
-	if bad != nil {
-		fmt.Fprintln(stderr, "telapi-node:", bad)
-		return 2
-	}
-	log := slog.New(slog.NewJSONHandler(stderr, nil))
-	if err := serve(ctx, c, log); err != nil {
-		log.Error("telapi-node stopped", "err", err)
-		return 1
-	}
-	return 0
-}
-
-func envName(flagName string) string {
-	return "TELAPI_NODE_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
-}
-
-func serve(ctx context.Context, c Config, log *slog.Logger) error {
 	if c.WebhookSecret == "" {
 		var b [32]byte
 		_, _ = rand.Read(b[:])

@@ -1,0 +1,88 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/telapi/telkeys/bench"
+)
+
+// TestBenchQuick runs "telkeys bench --quick" as CI does, with the keyauth
+// node in a process of its own: every scenario runs and reports its
+// figures, each figure with a floor has a measured one, and progress goes
+// to stderr. It asserts nothing on the times.
+func TestBenchQuick(t *testing.T) {
+	code, stdout, stderr := runTelkeys(t, "bench", "--quick", "--json", "--duration", "300ms", "--deletes", "20", "--creates", "64")
+	if code != 0 {
+		t.Fatalf("exit %d\nstderr:\n%s", code, stderr)
+	}
+	var rep bench.Report
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatalf("report is not JSON: %v\n%s", err, stdout)
+	}
+	if !rep.Quick || rep.Keys != 10_000 || rep.CPUs < 1 {
+		t.Errorf("report header: %+v", rep)
+	}
+	seen := map[string]int{}
+	for _, f := range rep.Figures {
+		seen[f.Scenario]++
+		if f.Value < 0 || (f.Value == 0 && f.Unit != "allocs/op" && f.Unit != "%") {
+			t.Errorf("%s / %s: value %v %s", f.Scenario, f.Figure, f.Value, f.Unit)
+		}
+		if f.Floor != nil && (*f.Floor <= 0 || f.Ratio == nil || f.FloorName == "") {
+			t.Errorf("%s / %s: floor %v, ratio %v", f.Scenario, f.Figure, *f.Floor, f.Ratio)
+		}
+		if (f.Target == "") != (f.Met == nil) {
+			t.Errorf("%s / %s: target %q without a verdict, or the reverse", f.Scenario, f.Figure, f.Target)
+		}
+	}
+	for _, s := range bench.Scenarios {
+		if seen[s] == 0 {
+			t.Errorf("scenario %s reported nothing", s)
+		}
+	}
+	if i := slices.IndexFunc(rep.Figures, func(f bench.Figure) bool { return f.Scenario == "verify-local" && f.Unit == "allocs/op" }); i < 0 || rep.Figures[i].Value != 0 {
+		t.Errorf("Verify allocates: %+v", rep.Figures[i])
+	}
+	for _, want := range []string{"storing the history", "first start: projecting", "revoke: starting", "deletes: 20/20"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("no progress line %q in:\n%s", want, stderr)
+		}
+	}
+}
+
+func TestBenchUsage(t *testing.T) {
+	if code, _, stderr := runTelkeys(t, "bench", "--only", "verify-local,nope"); code != 2 || !strings.Contains(stderr, `unknown scenario "nope"`) {
+		t.Errorf("--only nope: exit %d, stderr %q", code, stderr)
+	}
+	code, _, stderr := runTelkeys(t, "bench", "--help")
+	if code != 0 {
+		t.Errorf("--help: exit %d", code)
+	}
+	for _, s := range bench.Scenarios {
+		if !strings.Contains(stderr, s) {
+			t.Errorf("--help does not explain %s", s)
+		}
+	}
+}
+
+// TestBenchRefusesAServerWithEvents: with --nats-url, the bench writes its
+// own history, so it must not touch a server that holds telkeys events.
+func TestBenchRefusesAServerWithEvents(t *testing.T) {
+	s := startService(t)
+	s.enableTeam("acme", 10)
+	code, _, stderr := runTelkeys(t, "bench", "--quick", "--nats-url", s.NATSURL)
+	if code != 1 || !strings.Contains(stderr, "already holds 1 events") {
+		t.Fatalf("exit %d, stderr:\n%s", code, stderr)
+	}
+	info, err := s.js().Stream(context.Background(), "TELKEYS_EVENTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := info.Info(context.Background()); st.State.Msgs != 1 {
+		t.Fatalf("the stream now holds %d events", st.State.Msgs)
+	}
+}

@@ -1,0 +1,376 @@
+// Package service is telkeys serve: the one place where the parts meet. It
+// starts (or connects to) NATS, sets up the streams and buckets, runs the
+// projector, the server's own validator and the heartbeat, and serves the
+// API; Shutdown stops them in the reverse order.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/telapi/telkeys/api"
+	"github.com/telapi/telkeys/audit"
+	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/bus"
+	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/keyauth"
+	"github.com/telapi/telkeys/projections"
+)
+
+// Config is every setting of telkeys serve.
+type Config struct {
+	DataDir    string
+	HTTPAddr   string
+	NATSAddr   string
+	NATSURL    string
+	Replicas   int
+	AuthSecret string
+	DevLogin   bool
+}
+
+// Validate reports every problem at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.HTTPAddr == "" {
+		errs = append(errs, errors.New("--http-addr is required"))
+	} else if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+		errs = append(errs, fmt.Errorf("--http-addr %q: %w", c.HTTPAddr, err))
+	}
+	if c.NATSURL == "" {
+		if err := (bus.EmbeddedConfig{DataDir: c.DataDir, Addr: c.NATSAddr}).Validate(); err != nil {
+			errs = append(errs, err)
+		}
+		if c.Replicas > 1 {
+			errs = append(errs, errors.New("--replicas above 1 needs a NATS cluster (--nats-url); the embedded server is a single node"))
+		}
+	}
+	if c.Replicas < 1 || c.Replicas > 5 {
+		errs = append(errs, errors.New("--replicas must be between 1 and 5"))
+	}
+	if c.AuthSecret == "" && c.DataDir == "" {
+		errs = append(errs, errors.New("--auth-secret or --data-dir is required"))
+	}
+	if c.AuthSecret != "" && len(c.AuthSecret) < auth.MinSecretLen {
+		errs = append(errs, fmt.Errorf("--auth-secret must be at least %d bytes", auth.MinSecretLen))
+	}
+	return errors.Join(errs...)
+}
+
+// Run starts telkeys and serves until ctx ends or the HTTP server fails,
+// then shuts down.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	svc, err := Start(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err := <-svc.httpErr:
+		log.Error("http server stopped", "err", err)
+	}
+	return svc.Shutdown(context.Background())
+}
+
+// Service is a running telkeys.
+type Service struct {
+	// HTTPAddr and NATSURL are where it listens (NATSURL: the embedded server
+	// or the first external URL).
+	HTTPAddr string
+	NATSURL  string
+
+	log       *slog.Logger
+	name      string
+	ns        *server.Server
+	nc        *nats.Conn
+	h         *bus.Handles
+	validator *keyauth.Validator
+	api       *api.Server
+	httpErr   chan error
+	trackSub  *nats.Subscription
+	stopBg    context.CancelFunc // stops the projector and the periodic work
+	bg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// Start wires every part of telkeys and starts serving.
+func Start(ctx context.Context, cfg Config, log *slog.Logger) (svc *Service, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	stage := func(name string) { log.Debug("startup", "stage", name, "ms", time.Since(t0).Milliseconds()) }
+	svc = &Service{log: log, name: "telkeys-" + ulid.Make().String(), httpErr: make(chan error, 1)}
+	defer func() {
+		if err != nil {
+			_ = svc.Shutdown(context.Background())
+		}
+	}()
+	js, err := svc.connect(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	stage("nats connected")
+	if svc.h, err = setupWithRetry(ctx, js, cfg.Replicas, log); err != nil {
+		return nil, err
+	}
+	stage("streams and buckets set up")
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := api.NewMetrics(reg)
+	// Background work runs until Shutdown, not until ctx, which only
+	// bounds the start.
+	bg, stopBg := context.WithCancel(context.Background())
+	svc.stopBg = stopBg
+	tracker, readyAt, err := svc.startProjector(ctx, bg, js, metrics)
+	if err != nil {
+		return nil, err
+	}
+	if svc.validator, err = keyauth.New(ctx, svc.nc, keyauth.Config{Name: svc.name, Log: log.With("component", "keyauth")}); err != nil {
+		return nil, err
+	}
+	stage("validator loaded")
+	svc.startPeriodic(bg)
+
+	authority, err := newAuthority(cfg)
+	if err != nil {
+		return nil, err
+	}
+	cmds, err := commands.New(commands.Config{
+		JS: js, Events: svc.h.Events, Snapshots: svc.h.Snapshots,
+		Log: log.With("component", "commands"), Observe: metrics.ObserveCommand,
+	})
+	if err != nil {
+		return nil, err
+	}
+	svc.api, err = api.New(api.Config{
+		Commands: cmds, Queries: projections.NewReadModel(svc.h), Projection: tracker, Verifier: svc.validator,
+		Audit: audit.Log{JS: js}, Auth: authority, Metrics: metrics, Gatherer: reg, Log: log, DevLogin: cfg.DevLogin,
+		Ready: func(ctx context.Context) error { return svc.ready(ctx, tracker, readyAt) },
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := svc.listen(cfg); err != nil {
+		return nil, err
+	}
+	log.Info("http listening", "addr", svc.HTTPAddr, "events", readyAt, "startup_ms", time.Since(t0).Milliseconds())
+	return svc, nil
+}
+
+// connect starts the embedded server, unless cfg names an external one,
+// and connects to it.
+func (s *Service) connect(ctx context.Context, cfg Config) (jetstream.JetStream, error) {
+	var err error
+	if cfg.NATSURL == "" {
+		s.ns, err = bus.StartEmbedded(bus.EmbeddedConfig{DataDir: cfg.DataDir, Addr: cfg.NATSAddr, Logger: s.log})
+		if err != nil {
+			return nil, err
+		}
+		s.NATSURL = s.ns.ClientURL()
+		s.nc, err = bus.ConnectEmbedded(s.ns, "telkeys")
+		s.log.Warn("embedded NATS server started; every write is fsynced before it is acknowledged",
+			"client_url", s.NATSURL, "store", cfg.DataDir)
+	} else {
+		s.NATSURL = cfg.NATSURL
+		s.nc, err = bus.Connect(cfg.NATSURL, "telkeys", s.log)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS: %w", err)
+	}
+	return jetstream.New(s.nc)
+}
+
+// setupWithRetry creates streams and buckets, retrying while a fresh
+// cluster has no JetStream meta leader yet.
+func setupWithRetry(ctx context.Context, js jetstream.JetStream, replicas int, log *slog.Logger) (*bus.Handles, error) {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		h, err := bus.Setup(sctx, js, replicas)
+		cancel()
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			return h, err
+		}
+		log.Warn("stream setup failed, retrying", "err", err)
+		select {
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// startProjector starts building the read models, and returns the tracker
+// of their progress and the sequence they must reach before the service
+// is ready: everything stored before it started.
+func (s *Service) startProjector(ctx, bg context.Context, js jetstream.JetStream, metrics *api.Metrics) (*projections.Tracker, uint64, error) {
+	tracker, err := projections.NewTracker(ctx, s.h)
+	if err != nil {
+		return nil, 0, err
+	}
+	if s.trackSub, err = tracker.Subscribe(s.nc); err != nil {
+		return nil, 0, err
+	}
+	info, err := s.h.Events.Info(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	projector := projections.NewProjector(s.h, js, s.nc, tracker, s.log.With("component", "projector"))
+	projector.OnPending = func(n uint64) { metrics.ProjectionPending.Set(float64(n)) }
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		if err := projector.Run(bg); err != nil {
+			s.log.Error("projector stopped", "err", err)
+		}
+	}()
+	return tracker, info.State.LastSeq, nil
+}
+
+// startPeriodic starts the heartbeat and the key-index writer.
+func (s *Service) startPeriodic(ctx context.Context) {
+	bus.Every(ctx, &s.bg, time.Second, nil, s.heartbeat)
+	// The key index lets validators start from one object instead of
+	// replaying the history; refreshed once enough has changed, and at
+	// shutdown.
+	bus.Every(ctx, &s.bg, 30*time.Second, nil, func(ctx context.Context) { s.writeKeyIndex(ctx, keyIndexEvery) })
+}
+
+// heartbeat tells validators that telkeys is alive and how far the event
+// stream is, so that they can tell when they are cut off or behind.
+func (s *Service) heartbeat(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	info, err := s.h.Events.Info(ctx)
+	if err != nil {
+		s.log.Debug("heartbeat: stream info", "err", err)
+		return
+	}
+	_ = s.nc.Publish(bus.HeartbeatSubject, strconv.AppendUint(nil, info.State.LastSeq, 10))
+}
+
+func newAuthority(cfg Config) (*auth.Authority, error) {
+	secret, err := auth.ResolveSecret(cfg.AuthSecret, cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("auth secret: %w", err)
+	}
+	return auth.New(secret, commands.ValidTeamID)
+}
+
+// ready reports why the service cannot serve yet: it is cut off from
+// NATS, or its read models do not yet include what was stored before it
+// started.
+func (s *Service) ready(ctx context.Context, tracker *projections.Tracker, readyAt uint64) error {
+	if !s.nc.IsConnected() {
+		return errors.New("not connected to NATS")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if tracker.Wait(ctx, readyAt) != nil {
+		return fmt.Errorf("read models at event %d of %d", tracker.Applied(), readyAt)
+	}
+	return nil
+}
+
+func (s *Service) listen(cfg Config) error {
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return err
+	}
+	s.HTTPAddr = ln.Addr().String()
+	go func() { s.httpErr <- s.api.App().Listener(api.Linger(ln)) }()
+	if cfg.DevLogin {
+		s.log.Warn("!!! --dev-login is ON: anyone who can reach " + s.HTTPAddr + " can sign in as any role, superadmin included. Never use it outside local development. !!!")
+	}
+	return nil
+}
+
+// keyIndexEvery is how many events the validator must be ahead of the
+// stored key index before telkeys writes a new one (besides at shutdown).
+const keyIndexEvery = 10_000
+
+// writeKeyIndex stores the validator's state as the key index, under a
+// lock (bus.KeyIndexLock): two writes at once would each purge only the
+// chunks they saw, and leave a whole copy of the index behind.
+func (s *Service) writeKeyIndex(ctx context.Context, minEvents uint64) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	locks := s.h.Snapshots
+	rev, err := locks.Create(ctx, bus.KeyIndexLock, []byte(s.name))
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		// Held, unless its holder died while writing: a write takes
+		// seconds, not minutes.
+		e, gerr := locks.Get(ctx, bus.KeyIndexLock)
+		if gerr != nil || time.Since(e.Created()) < 2*time.Minute {
+			return
+		}
+		rev, err = locks.Update(ctx, bus.KeyIndexLock, []byte(s.name), e.Revision())
+	}
+	if err != nil {
+		s.log.Debug("key index: another instance is writing it", "err", err)
+		return
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = locks.Delete(dctx, bus.KeyIndexLock, jetstream.LastRevision(rev))
+	}()
+	t0 := time.Now()
+	seq, err := s.validator.WriteKeyIndex(ctx, minEvents)
+	if err != nil {
+		s.log.Warn("key index not written", "err", err)
+		return
+	}
+	s.log.Debug("key index", "event", seq, "ms", time.Since(t0).Milliseconds())
+}
+
+// Shutdown drains HTTP, stops the projector and the periodic work, writes
+// the key index, drains NATS and stops the embedded server, in that order.
+func (s *Service) Shutdown(ctx context.Context) error {
+	var err error
+	s.closeOnce.Do(func() {
+		if s.api != nil {
+			err = s.api.App().ShutdownWithTimeout(10 * time.Second)
+		}
+		if s.stopBg != nil {
+			s.stopBg()
+			s.bg.Wait()
+		}
+		if s.validator != nil {
+			s.writeKeyIndex(ctx, 1)
+			s.validator.Close()
+		}
+		if s.trackSub != nil {
+			_ = s.trackSub.Unsubscribe()
+		}
+		if s.nc != nil {
+			if derr := s.nc.Drain(); derr == nil {
+				for !s.nc.IsClosed() && ctx.Err() == nil {
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
+			s.nc.Close()
+		}
+		if s.ns != nil {
+			s.ns.Shutdown()
+			s.ns.WaitForShutdown()
+		}
+		s.log.Info("stopped")
+	})
+	return err
+}
