@@ -44,7 +44,7 @@ var uiFiles embed.FS
 
 // Commands is what the API asks of the write side.
 type Commands interface {
-	ConfigureTeamAccess(ctx context.Context, actor events.Actor, team string, cfg commands.AccessConfig) (commands.AccessConfig, commands.Result, error)
+	ConfigureTeamAccess(ctx context.Context, actor events.Actor, team string, cfg events.AccessConfig) (events.AccessConfig, commands.Result, error)
 	SetPlatformFlag(ctx context.Context, actor events.Actor, flag string, enabled bool) (commands.Result, error)
 	CreateKey(ctx context.Context, actor events.Actor, team, name string, scopes []string) (commands.CreatedKey, error)
 	DeleteKey(ctx context.Context, actor events.Actor, team, keyID string, requireEnabled bool) (commands.Result, error)

@@ -15,6 +15,7 @@ import (
 	"github.com/telapi/telkeys/audit"
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/domain"
 	"github.com/telapi/telkeys/events"
 	"github.com/telapi/telkeys/keyauth"
 	"github.com/telapi/telkeys/projections"
@@ -22,15 +23,9 @@ import (
 
 // Wire types of the REST contract.
 type (
-	accessConfigJSON struct {
-		Enabled           bool     `json:"enabled"`
-		AllowedScopes     []string `json:"allowed_scopes"`
-		MaxKeys           int      `json:"max_keys"`
-		MaxRequestsPerDay *int64   `json:"max_requests_per_day"`
-	}
 	teamJSON struct {
 		Team string `json:"team"`
-		accessConfigJSON
+		events.AccessConfig
 		Keys int `json:"keys"`
 	}
 	keyJSON struct {
@@ -89,12 +84,12 @@ const timeFormat = "2006-01-02T15:04:05.000Z07:00"
 
 func formatTime(t time.Time) string { return t.UTC().Format(timeFormat) }
 
-func accessJSON(r projections.TeamRecord) accessConfigJSON {
-	scopes := r.AllowedScopes
-	if scopes == nil {
-		scopes = []string{}
+// accessJSON is c as the API shows it: a list of scopes, never null.
+func accessJSON(c events.AccessConfig) events.AccessConfig {
+	if c.AllowedScopes == nil {
+		c.AllowedScopes = []string{}
 	}
-	return accessConfigJSON{Enabled: r.Enabled, AllowedScopes: scopes, MaxKeys: r.MaxKeys, MaxRequestsPerDay: r.MaxRequestsPerDay}
+	return c
 }
 
 // decodeBody reads a JSON object strictly: no unknown fields, no trailing
@@ -150,7 +145,7 @@ func (s *Server) putWebRTC(c *fiber.Ctx) error {
 	if body.Enabled == nil {
 		return badRequest("enabled is required")
 	}
-	res, err := s.cfg.Commands.SetPlatformFlag(c.UserContext(), actor(cl), commands.FlagWebRTC, *body.Enabled)
+	res, err := s.cfg.Commands.SetPlatformFlag(c.UserContext(), actor(cl), events.FlagWebRTC, *body.Enabled)
 	if err != nil {
 		return err
 	}
@@ -168,7 +163,7 @@ func (s *Server) listTeams(c *fiber.Ctx) error {
 	}
 	out := make([]teamJSON, 0, len(recs))
 	for _, r := range recs {
-		out = append(out, teamJSON{Team: r.Team, accessConfigJSON: accessJSON(r), Keys: r.Keys})
+		out = append(out, teamJSON{Team: r.Team, AccessConfig: accessJSON(r.AccessConfig), Keys: r.Keys})
 	}
 	return c.JSON(fiber.Map{"teams": out})
 }
@@ -185,7 +180,7 @@ func (s *Server) getAccess(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(accessJSON(rec))
+	return c.JSON(accessJSON(rec.AccessConfig))
 }
 
 func (s *Server) putAccess(c *fiber.Ctx) error {
@@ -204,20 +199,20 @@ func (s *Server) putAccess(c *fiber.Ctx) error {
 	if body.Enabled == nil || body.AllowedScopes == nil || body.MaxKeys == nil {
 		return badRequest("enabled, allowed_scopes and max_keys are required")
 	}
-	cfg, res, err := s.cfg.Commands.ConfigureTeamAccess(c.UserContext(), actor(cl), team, commands.AccessConfig{
+	cfg, res, err := s.cfg.Commands.ConfigureTeamAccess(c.UserContext(), actor(cl), team, events.AccessConfig{
 		Enabled: *body.Enabled, AllowedScopes: *body.AllowedScopes, MaxKeys: *body.MaxKeys, MaxRequestsPerDay: body.MaxRequestsPerDay,
 	})
 	if err != nil {
 		return err
 	}
 	s.readYourWrites(c, res.Seq)
-	return c.JSON(accessConfigJSON{Enabled: cfg.Enabled, AllowedScopes: cfg.AllowedScopes, MaxKeys: cfg.MaxKeys, MaxRequestsPerDay: cfg.MaxRequestsPerDay})
+	return c.JSON(accessJSON(cfg))
 }
 
 // memberNeedsEnabled refuses members of a team whose access is off.
 func memberNeedsEnabled(cl auth.Claims, rec projections.TeamRecord) error {
 	if cl.Role == auth.RoleMember && !rec.Enabled {
-		return commands.ErrTeamDisabled
+		return domain.ErrTeamDisabled
 	}
 	return nil
 }
@@ -250,7 +245,7 @@ func (s *Server) listKeys(c *fiber.Ctx) error {
 	out := make([]keyJSON, 0, len(keys))
 	for _, k := range keys {
 		kj := keyJSON{
-			ID: k.ID, Name: k.Name, Scopes: commands.EffectiveScopes(k.Scopes, rec.AllowedScopes),
+			ID: k.ID, Name: k.Name, Scopes: domain.EffectiveScopes(k.Scopes, rec.AllowedScopes),
 			CreatedAt: formatTime(k.CreatedAt), Masked: apikey.Mask(k.Last4),
 		}
 		if sec, ok := lastUsed[k.ID]; ok {
@@ -262,7 +257,7 @@ func (s *Server) listKeys(c *fiber.Ctx) error {
 	today, _ := s.cfg.Verifier.Usage(team)
 	return c.JSON(fiber.Map{"keys": out, "stats": statsJSON{
 		Keys: len(keys), MaxKeys: rec.MaxKeys, RequestsToday: today, MaxRequestsPerDay: rec.MaxRequestsPerDay,
-		AvailableScopes: accessJSON(rec).AllowedScopes,
+		AvailableScopes: accessJSON(rec.AccessConfig).AllowedScopes,
 	}})
 }
 

@@ -26,7 +26,7 @@ import (
 
 type stubCommands struct{}
 
-func (stubCommands) ConfigureTeamAccess(context.Context, events.Actor, string, commands.AccessConfig) (commands.AccessConfig, commands.Result, error) {
+func (stubCommands) ConfigureTeamAccess(context.Context, events.Actor, string, events.AccessConfig) (events.AccessConfig, commands.Result, error) {
 	panic("stub: ConfigureTeamAccess called")
 }
 

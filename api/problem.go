@@ -8,6 +8,7 @@ import (
 
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/domain"
 )
 
 // Problem is an RFC 9457 problem document with a stable machine code.
@@ -38,7 +39,7 @@ func badRequest(detail string) error { return &requestError{detail} }
 func problemFor(err error) Problem {
 	var (
 		ve *commands.ValidationError
-		se *commands.ScopeError
+		se *domain.ScopeError
 		re *requestError
 		fe *fiber.Error
 	)
@@ -54,11 +55,11 @@ func problemFor(err error) Problem {
 		return p(401, "unauthorized", err.Error())
 	case errors.Is(err, errForbidden):
 		return p(403, "forbidden", errForbidden.Error())
-	case errors.Is(err, commands.ErrTeamDisabled):
+	case errors.Is(err, domain.ErrTeamDisabled):
 		return p(403, "team_api_disabled", "API access is not enabled for this team; a superadmin must enable it")
-	case errors.Is(err, commands.ErrKeyNotFound):
+	case errors.Is(err, domain.ErrKeyNotFound):
 		return p(404, "not_found", err.Error())
-	case errors.Is(err, commands.ErrMaxKeysReached):
+	case errors.Is(err, domain.ErrMaxKeysReached):
 		return p(409, "max_keys_reached", err.Error())
 	case errors.As(err, &se):
 		return p(422, "scope_not_allowed", se.Error())

@@ -49,9 +49,9 @@ func record(t *testing.T) *history {
 			t.Fatal(err)
 		}
 	}
-	_, _, err = cmds.ConfigureTeamAccess(bg, admin, "acme", commands.AccessConfig{Enabled: true, AllowedScopes: apikey.Scopes(), MaxKeys: 5})
+	_, _, err = cmds.ConfigureTeamAccess(bg, admin, "acme", events.AccessConfig{Enabled: true, AllowedScopes: apikey.Scopes(), MaxKeys: 5})
 	must(nil, err)
-	_, _, err = cmds.ConfigureTeamAccess(bg, admin, "beta", commands.AccessConfig{Enabled: true, AllowedScopes: apps, MaxKeys: 2, MaxRequestsPerDay: new(int64)})
+	_, _, err = cmds.ConfigureTeamAccess(bg, admin, "beta", events.AccessConfig{Enabled: true, AllowedScopes: apps, MaxKeys: 2, MaxRequestsPerDay: new(int64)})
 	must(nil, err)
 	hs.deleted, err = cmds.CreateKey(bg, member, "acme", "old", apps)
 	must(nil, err)
@@ -59,7 +59,7 @@ func record(t *testing.T) *history {
 	must(nil, err)
 	must(cmds.CreateKey(bg, member, "beta", "b", apps))
 	hs.betweenCreateAndDelete = time.Now()
-	must(cmds.SetPlatformFlag(bg, admin, commands.FlagWebRTC, false))
+	must(cmds.SetPlatformFlag(bg, admin, events.FlagWebRTC, false))
 	res, err := cmds.DeleteKey(bg, member, "acme", hs.deleted.Key.ID, true)
 	must(nil, err)
 	hs.last = res.Seq

@@ -3,16 +3,17 @@ package audit
 import (
 	"context"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/domain"
 	"github.com/telapi/telkeys/events"
 )
 
 // State is what was true at a moment: computed by replaying every event up
-// to it through the same state types the commands use.
+// to it through the fold the commands use (package domain).
 type State struct {
 	At     time.Time   `json:"at"`
 	Seq    uint64      `json:"seq"` // the last event applied
@@ -22,12 +23,9 @@ type State struct {
 
 // TeamState is one team at that moment.
 type TeamState struct {
-	Team              string     `json:"team"`
-	Enabled           bool       `json:"enabled"`
-	AllowedScopes     []string   `json:"allowed_scopes"`
-	MaxKeys           int        `json:"max_keys"`
-	MaxRequestsPerDay *int64     `json:"max_requests_per_day"`
-	Keys              []KeyState `json:"keys"`
+	Team string `json:"team"`
+	events.AccessConfig
+	Keys []KeyState `json:"keys"`
 }
 
 // KeyState is a key active at that moment.
@@ -41,8 +39,8 @@ type KeyState struct {
 // StateAt replays the events stored up to at (all of them if at is zero),
 // optionally of one team, and returns the state they produce.
 func StateAt(ctx context.Context, js jetstream.JetStream, stream string, at time.Time, team string) (State, error) {
-	teams := map[string]*commands.TeamState{}
-	platform := commands.NewPlatformState()
+	teams := map[string]*domain.Team{}
+	platform := domain.NewPlatform()
 	st := State{At: at}
 	err := Replay(ctx, js, Filter{Stream: stream, Until: at}, func(e Event) error {
 		env := e.Envelope
@@ -64,7 +62,7 @@ func StateAt(ctx context.Context, js jetstream.JetStream, stream string, at time
 		}
 		t := teams[name]
 		if t == nil {
-			t = commands.NewTeamState()
+			t = domain.NewTeam()
 			teams[name] = t
 		}
 		t.Apply(env, p)
@@ -76,24 +74,14 @@ func StateAt(ctx context.Context, js jetstream.JetStream, stream string, at time
 	st.WebRTC = platform.WebRTC()
 	st.Teams = []TeamState{}
 	for name, t := range teams {
-		ts := TeamState{
-			Team: name, Enabled: t.Config.Enabled, AllowedScopes: nonNil(t.Config.AllowedScopes),
-			MaxKeys: t.Config.MaxKeys, MaxRequestsPerDay: t.Config.MaxRequestsPerDay, Keys: []KeyState{},
-		}
+		ts := TeamState{Team: name, AccessConfig: t.Config, Keys: []KeyState{}}
+		ts.AllowedScopes = nonNil(ts.AllowedScopes)
 		for _, k := range t.Keys {
 			ts.Keys = append(ts.Keys, KeyState{ID: k.ID, Name: k.Name, Scopes: nonNil(k.Scopes), CreatedAt: k.CreatedAt})
 		}
 		slices.SortFunc(ts.Keys, func(a, b KeyState) int { return a.CreatedAt.Compare(b.CreatedAt) })
 		st.Teams = append(st.Teams, ts)
 	}
-	slices.SortFunc(st.Teams, func(a, b TeamState) int {
-		if a.Team < b.Team {
-			return -1
-		}
-		if a.Team > b.Team {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(st.Teams, func(a, b TeamState) int { return strings.Compare(a.Team, b.Team) })
 	return st, nil
 }

@@ -111,7 +111,7 @@ func (b *bench) load(ctx context.Context) error {
 	}
 	for t := range d.teams {
 		agg := events.TeamAggregate(benchTeam(t))
-		prev, err := publish(agg, admin, nil, events.TeamAccessConfigured{Enabled: true, AllowedScopes: apikey.Scopes(), MaxKeys: keysPerTeam})
+		prev, err := publish(agg, admin, nil, events.TeamAccessConfigured{AccessConfig: events.AccessConfig{Enabled: true, AllowedScopes: apikey.Scopes(), MaxKeys: keysPerTeam}})
 		if err != nil {
 			return err
 		}

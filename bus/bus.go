@@ -243,19 +243,14 @@ func Setup(ctx context.Context, js jetstream.JetStream, replicas int) (*Handles,
 	return &h, nil
 }
 
-// Open opens the streams and buckets a validator reads, without creating
-// or changing anything: TelAPI nodes need no management rights.
+// Open opens the streams and buckets a validator uses, without creating
+// or changing anything: TelAPI nodes need no management rights. It leaves
+// the read models and snapshots closed: nodes do not read them.
 func Open(ctx context.Context, js jetstream.JetStream) (*Handles, error) {
 	var h Handles
 	var err error
 	if h.Events, err = js.Stream(ctx, EventStream); err != nil {
 		return nil, fmt.Errorf("bus: %s: %w (is telkeys serve running?)", EventStream, err)
-	}
-	if h.ReadModel, err = js.KeyValue(ctx, BucketReadModel); err != nil {
-		return nil, fmt.Errorf("bus: %s: %w", BucketReadModel, err)
-	}
-	if h.ReadModelStream, err = js.Stream(ctx, KVStream(BucketReadModel)); err != nil {
-		return nil, err
 	}
 	if h.Usage, err = js.Stream(ctx, UsageStream); err != nil {
 		return nil, fmt.Errorf("bus: %s: %w", UsageStream, err)
@@ -264,7 +259,7 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Handles, error) {
 		return nil, fmt.Errorf("bus: %s: %w", BucketLastUsed, err)
 	}
 	if h.KeyIndex, err = js.ObjectStore(ctx, BucketKeyIndex); errors.Is(err, jetstream.ErrBucketNotFound) {
-		err = nil // made by older telkeys: validators then read the KV records
+		err = nil // made by older telkeys: validators then replay the events
 	}
 	if err != nil {
 		return nil, fmt.Errorf("bus: %s: %w", BucketKeyIndex, err)

@@ -3,21 +3,21 @@ package commands
 import (
 	"context"
 	"errors"
-	"slices"
 
 	"github.com/oklog/ulid/v2"
 
 	"github.com/telapi/telkeys/apikey"
+	"github.com/telapi/telkeys/domain"
 	"github.com/telapi/telkeys/events"
 )
 
-func newTeam() State     { return NewTeamState() }
-func newPlatform() State { return NewPlatformState() }
+func newTeam() State     { return domain.NewTeam() }
+func newPlatform() State { return domain.NewPlatform() }
 
 // ConfigureTeamAccess replaces a team's API access configuration.
 // Lowering max_keys deletes nothing; removing a scope narrows the effective
 // scopes of existing keys; disabling makes every key of the team fail.
-func (h *Handler) ConfigureTeamAccess(ctx context.Context, actor events.Actor, team string, cfg AccessConfig) (AccessConfig, Result, error) {
+func (h *Handler) ConfigureTeamAccess(ctx context.Context, actor events.Actor, team string, cfg events.AccessConfig) (events.AccessConfig, Result, error) {
 	if !ValidTeamID(team) {
 		return cfg, Result{}, invalid("team", "must be 1-64 characters of A-Z a-z 0-9 _ -")
 	}
@@ -27,17 +27,14 @@ func (h *Handler) ConfigureTeamAccess(ctx context.Context, actor events.Actor, t
 	}
 	res, err := h.execute(ctx, "ConfigureTeamAccess", events.TeamAggregate(team), newTeam, actor,
 		func(State) (events.Payload, error) {
-			return events.TeamAccessConfigured{
-				Enabled: cfg.Enabled, AllowedScopes: cfg.AllowedScopes,
-				MaxKeys: cfg.MaxKeys, MaxRequestsPerDay: cfg.MaxRequestsPerDay,
-			}, nil
+			return events.TeamAccessConfigured{AccessConfig: cfg}, nil
 		})
 	return cfg, res, err
 }
 
 // SetPlatformFlag turns a platform flag on or off. The only flag is webrtc.
 func (h *Handler) SetPlatformFlag(ctx context.Context, actor events.Actor, flag string, enabled bool) (Result, error) {
-	if flag != FlagWebRTC {
+	if flag != events.FlagWebRTC {
 		return Result{}, invalid("flag", "unknown flag")
 	}
 	return h.execute(ctx, "SetPlatformFlag", events.PlatformAggregate, newPlatform, actor,
@@ -49,7 +46,7 @@ func (h *Handler) SetPlatformFlag(ctx context.Context, actor events.Actor, flag 
 // CreatedKey is a new key. Plaintext exists here and in the create response
 // only; it is never stored.
 type CreatedKey struct {
-	Key       ActiveKey
+	Key       domain.Key
 	Plaintext string
 	Result    Result
 }
@@ -67,7 +64,7 @@ func (h *Handler) CreateKey(ctx context.Context, actor events.Actor, team, name 
 	scopes, err = normalizeScopes("scopes", scopes, false)
 	var unknown *unknownScope
 	if errors.As(err, &unknown) {
-		return CreatedKey{}, &ScopeError{}
+		return CreatedKey{}, &domain.ScopeError{}
 	}
 	if err != nil {
 		return CreatedKey{}, err
@@ -84,17 +81,8 @@ func (h *Handler) CreateKey(ctx context.Context, actor events.Actor, team, name 
 	}
 	res, err := h.execute(ctx, "CreateKey", events.TeamAggregate(team), newTeam, actor,
 		func(s State) (events.Payload, error) {
-			t := s.(*TeamState)
-			if !t.Config.Enabled {
-				return nil, ErrTeamDisabled
-			}
-			for _, sc := range scopes {
-				if !slices.Contains(t.Config.AllowedScopes, sc) {
-					return nil, &ScopeError{Scope: sc}
-				}
-			}
-			if len(t.Keys) >= t.Config.MaxKeys {
-				return nil, ErrMaxKeysReached
+			if err := s.(*domain.Team).CheckCreate(scopes); err != nil {
+				return nil, err
 			}
 			return created, nil
 		})
@@ -102,7 +90,7 @@ func (h *Handler) CreateKey(ctx context.Context, actor events.Actor, team, name 
 		return CreatedKey{}, err
 	}
 	return CreatedKey{
-		Key: ActiveKey{
+		Key: domain.Key{
 			ID: created.KeyID, Name: name, Scopes: scopes, Hash: created.Hash,
 			Last4: created.Last4, CreatedAt: res.Event.Time,
 		},
@@ -122,13 +110,9 @@ func (h *Handler) DeleteKey(ctx context.Context, actor events.Actor, team, keyID
 	}
 	return h.execute(ctx, "DeleteKey", events.TeamAggregate(team), newTeam, actor,
 		func(s State) (events.Payload, error) {
-			t := s.(*TeamState)
-			if requireEnabled && !t.Config.Enabled {
-				return nil, ErrTeamDisabled
-			}
-			k, ok := t.Keys[keyID]
-			if !ok {
-				return nil, ErrKeyNotFound
+			k, err := s.(*domain.Team).CheckDelete(keyID, requireEnabled)
+			if err != nil {
+				return nil, err
 			}
 			return events.KeyDeleted{KeyID: keyID, Hash: k.Hash}, nil
 		})

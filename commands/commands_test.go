@@ -10,6 +10,7 @@ import (
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/bus/bustest"
 	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/domain"
 	"github.com/telapi/telkeys/events"
 )
 
@@ -33,7 +34,7 @@ func ptr[T any](v T) *T { return &v }
 
 func enable(t testing.TB, c *commands.Handler, team string, max int) {
 	t.Helper()
-	_, _, err := c.ConfigureTeamAccess(context.Background(), admin, team, commands.AccessConfig{
+	_, _, err := c.ConfigureTeamAccess(context.Background(), admin, team, events.AccessConfig{
 		Enabled: true, AllowedScopes: apikey.Scopes(), MaxKeys: max, MaxRequestsPerDay: ptr[int64](100),
 	})
 	if err != nil {
@@ -46,14 +47,14 @@ func TestCreateAndDeleteFollowTheRules(t *testing.T) {
 	c := newH()
 	ctx := context.Background()
 
-	if _, err := c.CreateKey(ctx, member, "t1", "k", []string{apikey.ScopeReadTeamApps}); !errors.Is(err, commands.ErrTeamDisabled) {
+	if _, err := c.CreateKey(ctx, member, "t1", "k", []string{apikey.ScopeReadTeamApps}); !errors.Is(err, domain.ErrTeamDisabled) {
 		t.Fatalf("create on unconfigured team: %v", err)
 	}
-	_, _, err := c.ConfigureTeamAccess(ctx, admin, "t1", commands.AccessConfig{Enabled: true, AllowedScopes: []string{apikey.ScopeReadTeamApps}, MaxKeys: 1})
+	_, _, err := c.ConfigureTeamAccess(ctx, admin, "t1", events.AccessConfig{Enabled: true, AllowedScopes: []string{apikey.ScopeReadTeamApps}, MaxKeys: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.CreateKey(ctx, member, "t1", "k", []string{apikey.ScopeCreateCallToken}); !errors.Is(err, commands.ErrScopeNotAllowed) {
+	if _, err := c.CreateKey(ctx, member, "t1", "k", []string{apikey.ScopeCreateCallToken}); !errors.Is(err, domain.ErrScopeNotAllowed) {
 		t.Fatalf("scope outside allowed: %v", err)
 	}
 	k, err := c.CreateKey(ctx, member, "t1", "  ci key  ", []string{apikey.ScopeReadTeamApps})
@@ -63,16 +64,16 @@ func TestCreateAndDeleteFollowTheRules(t *testing.T) {
 	if k.Key.Name != "ci key" || apikey.Parse(k.Plaintext) != nil || apikey.HashOf(k.Plaintext) != apikey.Hash(k.Key.Hash) {
 		t.Fatalf("bad created key %+v", k.Key)
 	}
-	if _, err := c.CreateKey(ctx, member, "t1", "k2", []string{apikey.ScopeReadTeamApps}); !errors.Is(err, commands.ErrMaxKeysReached) {
+	if _, err := c.CreateKey(ctx, member, "t1", "k2", []string{apikey.ScopeReadTeamApps}); !errors.Is(err, domain.ErrMaxKeysReached) {
 		t.Fatalf("over max: %v", err)
 	}
-	if _, err := c.DeleteKey(ctx, member, "t2", k.Key.ID, true); !errors.Is(err, commands.ErrKeyNotFound) && !errors.Is(err, commands.ErrTeamDisabled) {
+	if _, err := c.DeleteKey(ctx, member, "t2", k.Key.ID, true); !errors.Is(err, domain.ErrKeyNotFound) && !errors.Is(err, domain.ErrTeamDisabled) {
 		t.Fatalf("delete from other team: %v", err)
 	}
 	if _, err := c.DeleteKey(ctx, member, "t1", k.Key.ID, true); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.DeleteKey(ctx, member, "t1", k.Key.ID, true); !errors.Is(err, commands.ErrKeyNotFound) {
+	if _, err := c.DeleteKey(ctx, member, "t1", k.Key.ID, true); !errors.Is(err, domain.ErrKeyNotFound) {
 		t.Fatalf("second delete: %v", err)
 	}
 }
@@ -100,7 +101,7 @@ func TestMaxKeysHoldsAcrossInstances(t *testing.T) {
 			switch {
 			case err == nil:
 				counts["ok"]++
-			case errors.Is(err, commands.ErrMaxKeysReached):
+			case errors.Is(err, domain.ErrMaxKeysReached):
 				counts["full"]++
 			default:
 				counts[err.Error()]++
@@ -138,7 +139,7 @@ func TestColdLoadSeesHistory(t *testing.T) {
 	}
 	cold := newH()
 	before := cold.EventsRead()
-	if _, err := cold.CreateKey(ctx, member, "team", "x", []string{apikey.ScopeReadTeamApps}); !errors.Is(err, commands.ErrMaxKeysReached) {
+	if _, err := cold.CreateKey(ctx, member, "team", "x", []string{apikey.ScopeReadTeamApps}); !errors.Is(err, domain.ErrMaxKeysReached) {
 		t.Fatalf("cold handler should see the active key: %v", err)
 	}
 	if n := cold.EventsRead() - before; n > 32 {
@@ -153,7 +154,7 @@ func TestColdLoadSeesHistory(t *testing.T) {
 // model is stale must not refuse what another instance made possible.
 func TestStaleWriteModelDoesNotReject(t *testing.T) {
 	ctx := context.Background()
-	cfg := commands.AccessConfig{Enabled: true, AllowedScopes: apikey.Scopes(), MaxKeys: 1}
+	cfg := events.AccessConfig{Enabled: true, AllowedScopes: apikey.Scopes(), MaxKeys: 1}
 	sc := []string{apikey.ScopeReadTeamApps}
 
 	t.Run("delete a key the other instance created", func(t *testing.T) {

@@ -1,7 +1,6 @@
 package commands
 
 import (
-	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -9,6 +8,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/telapi/telkeys/apikey"
+	"github.com/telapi/telkeys/events"
 )
 
 // Limits of the domain.
@@ -22,8 +22,6 @@ const (
 	MaxRequestsPerDayLimit = 1_000_000_000_000
 	// KeyIDPrefix starts every key id.
 	KeyIDPrefix = "key_"
-	// FlagWebRTC is the only platform flag.
-	FlagWebRTC = "webrtc"
 )
 
 // ValidTeamID reports whether s is 1–64 characters of [A-Za-z0-9_-].
@@ -107,7 +105,7 @@ type unknownScope struct{ field string }
 func (e *unknownScope) Error() string { return e.field + ": unknown scope" }
 
 // ValidateAccessConfig checks and normalises a configuration.
-func ValidateAccessConfig(c AccessConfig) (AccessConfig, error) {
+func ValidateAccessConfig(c events.AccessConfig) (events.AccessConfig, error) {
 	scopes, err := normalizeScopes("allowed_scopes", c.AllowedScopes, true)
 	if _, ok := err.(*unknownScope); ok {
 		return c, invalid("allowed_scopes", "unknown scope; valid: "+strings.Join(apikey.Scopes(), ", "))
@@ -123,15 +121,4 @@ func ValidateAccessConfig(c AccessConfig) (AccessConfig, error) {
 		return c, invalid("max_requests_per_day", "must be null or between 0 and 10^12")
 	}
 	return c, nil
-}
-
-// EffectiveScopes is key scopes ∩ allowed scopes, in the key's order.
-func EffectiveScopes(key, allowed []string) []string {
-	out := make([]string, 0, len(key))
-	for _, s := range key {
-		if slices.Contains(allowed, s) {
-			out = append(out, s)
-		}
-	}
-	return out
 }

@@ -59,7 +59,7 @@ func TestAuditorIsReadOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	actor := events.Actor{Subject: "root", Role: "superadmin"}
-	if _, _, err := cmds.ConfigureTeamAccess(ctx, actor, "acme", commands.AccessConfig{Enabled: true, AllowedScopes: apikey.Scopes(), MaxKeys: 3}); err != nil {
+	if _, _, err := cmds.ConfigureTeamAccess(ctx, actor, "acme", events.AccessConfig{Enabled: true, AllowedScopes: apikey.Scopes(), MaxKeys: 3}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := cmds.CreateKey(ctx, events.Actor{Subject: "m", Role: "member"}, "acme", "k", []string{apikey.ScopeReadTeamApps}); err != nil {

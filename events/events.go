@@ -65,12 +65,24 @@ type PlatformFlagSet struct {
 	Enabled bool   `msgpack:"enabled"`
 }
 
-// TeamAccessConfigured replaces a team's API access configuration.
+// FlagWebRTC is the only platform flag: keys work only while it is on.
+const FlagWebRTC = "webrtc"
+
+// AccessConfig is a team's API access configuration: whether it is
+// enabled, the scopes its keys may have, how many keys it may have, and
+// its daily request limit (nil: unlimited). It is the one shape of it: in
+// the event, in the state, in the read models and in the API.
+type AccessConfig struct {
+	Enabled           bool     `msgpack:"enabled" json:"enabled"`
+	AllowedScopes     []string `msgpack:"allowed_scopes" json:"allowed_scopes"`
+	MaxKeys           int      `msgpack:"max_keys" json:"max_keys"`
+	MaxRequestsPerDay *int64   `msgpack:"max_requests_per_day" json:"max_requests_per_day"`
+}
+
+// TeamAccessConfigured replaces a team's API access configuration. The
+// embedded struct's fields are inlined on the wire, as they always were.
 type TeamAccessConfigured struct {
-	Enabled           bool     `msgpack:"enabled"`
-	AllowedScopes     []string `msgpack:"allowed_scopes"`
-	MaxKeys           int      `msgpack:"max_keys"`
-	MaxRequestsPerDay *int64   `msgpack:"max_requests_per_day"`
+	AccessConfig
 }
 
 // KeyCreated records a new key. It holds the SHA-256 of the key, never the

@@ -21,12 +21,12 @@ func int64p(v int64) *int64 { return &v }
 func samplePayloads() []Payload {
 	return []Payload{
 		PlatformFlagSet{Flag: "webrtc", Enabled: true},
-		TeamAccessConfigured{
+		TeamAccessConfigured{AccessConfig: AccessConfig{
 			Enabled:           true,
 			AllowedScopes:     []string{"CREATE_CALL_TOKEN", "READ_TEAM_APPS"},
 			MaxKeys:           5,
 			MaxRequestsPerDay: int64p(10000),
-		},
+		}},
 		KeyCreated{
 			KeyID:  "key_01J0000000000000000000000A",
 			Name:   "CI pipeline",
@@ -119,11 +119,11 @@ func TestNewNormalisesTimeAndCopiesPrev(t *testing.T) {
 func TestHashChain(t *testing.T) {
 	agg := TeamAggregate("acme")
 	payloads := []Payload{
-		TeamAccessConfigured{Enabled: true, AllowedScopes: []string{"CREATE_CALL_TOKEN"}, MaxKeys: 3},
+		TeamAccessConfigured{AccessConfig: AccessConfig{Enabled: true, AllowedScopes: []string{"CREATE_CALL_TOKEN"}, MaxKeys: 3}},
 		KeyCreated{KeyID: "key_1", Name: "one", Scopes: []string{"CREATE_CALL_TOKEN"}, Hash: []byte{1}, Last4: "aaaa"},
 		KeyCreated{KeyID: "key_2", Name: "two", Scopes: []string{"CREATE_CALL_TOKEN"}, Hash: []byte{2}, Last4: "bbbb"},
 		KeyDeleted{KeyID: "key_1", Hash: []byte{1}},
-		TeamAccessConfigured{Enabled: false, AllowedScopes: []string{"CREATE_CALL_TOKEN"}, MaxKeys: 3},
+		TeamAccessConfigured{AccessConfig: AccessConfig{Enabled: false, AllowedScopes: []string{"CREATE_CALL_TOKEN"}, MaxKeys: 3}},
 	}
 	var chain []Envelope
 	var prev []byte

@@ -27,10 +27,10 @@ func goldenV1() []struct {
 		Payload   Payload
 	}{
 		{PlatformAggregate, PlatformFlagSet{Flag: "webrtc", Enabled: false}},
-		{TeamAggregate("acme"), TeamAccessConfigured{Enabled: true, AllowedScopes: []string{"CREATE_CALL_TOKEN", "READ_TEAM_APPS"}, MaxKeys: 2, MaxRequestsPerDay: &limit}},
+		{TeamAggregate("acme"), TeamAccessConfigured{AccessConfig: AccessConfig{Enabled: true, AllowedScopes: []string{"CREATE_CALL_TOKEN", "READ_TEAM_APPS"}, MaxKeys: 2, MaxRequestsPerDay: &limit}}},
 		{TeamAggregate("acme"), KeyCreated{KeyID: "key_01JBQ3V9P8D1XG7S3M6Y2N4K5T", Name: "backend é", Scopes: []string{"READ_TEAM_APPS"}, Hash: make([]byte, 32), Last4: "Ab12"}},
 		{TeamAggregate("acme"), KeyDeleted{KeyID: "key_01JBQ3V9P8D1XG7S3M6Y2N4K5T", Hash: make([]byte, 32)}},
-		{TeamAggregate("acme"), TeamAccessConfigured{Enabled: false, AllowedScopes: []string{}, MaxKeys: 0}},
+		{TeamAggregate("acme"), TeamAccessConfigured{AccessConfig: AccessConfig{Enabled: false, AllowedScopes: []string{}, MaxKeys: 0}}},
 		{PlatformAggregate, PlatformFlagSet{Flag: "webrtc", Enabled: true}},
 	}
 }

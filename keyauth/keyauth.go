@@ -230,7 +230,7 @@ func (v *Validator) Applied() uint64 { return v.st.applied.Load() }
 
 // WaitApplied blocks until every event up to seq is applied.
 func (v *Validator) WaitApplied(ctx context.Context, seq uint64) error {
-	return v.st.waitApplied(ctx, seq)
+	return v.st.applied.Wait(ctx, seq, 0, nil)
 }
 
 // Current reports whether the validator is answering from current state:

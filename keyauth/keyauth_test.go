@@ -13,6 +13,7 @@ import (
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/bus/bustest"
 	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/events"
 	"github.com/telapi/telkeys/internal/coretest"
 	"github.com/telapi/telkeys/keyauth"
 )
@@ -57,7 +58,7 @@ func ptr[T any](v T) *T { return &v }
 
 func (r *rig) configure(team string, enabled bool, scopes []string, limit *int64) uint64 {
 	r.t.Helper()
-	return r.Configure(team, commands.AccessConfig{Enabled: enabled, AllowedScopes: scopes, MaxKeys: 100, MaxRequestsPerDay: limit})
+	return r.Configure(team, events.AccessConfig{Enabled: enabled, AllowedScopes: scopes, MaxKeys: 100, MaxRequestsPerDay: limit})
 }
 
 func (r *rig) create(team string, scopes ...string) commands.CreatedKey {
@@ -67,7 +68,7 @@ func (r *rig) create(team string, scopes ...string) commands.CreatedKey {
 
 func (r *rig) flag(on bool) uint64 {
 	r.t.Helper()
-	res, err := r.Cmds.SetPlatformFlag(context.Background(), admin, commands.FlagWebRTC, on)
+	res, err := r.Cmds.SetPlatformFlag(context.Background(), admin, events.FlagWebRTC, on)
 	if err != nil {
 		r.t.Fatal(err)
 	}

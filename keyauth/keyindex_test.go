@@ -111,8 +111,8 @@ func TestKeyIndex(t *testing.T) {
 }
 
 // TestKeyIndexUnusable: an index that is not in a known format, or that is
-// ahead of the event stream, is ignored; the validator reads the KV
-// records instead and is just as right.
+// ahead of the event stream, is ignored; the validator replays the event
+// stream instead and is just as right.
 func TestKeyIndexUnusable(t *testing.T) {
 	for name, data := range map[string][]byte{
 		"garbage":        []byte("not a key index"),

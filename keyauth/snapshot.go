@@ -117,16 +117,16 @@ func (v *Validator) encodeIndex() (uint64, []byte) {
 // sequence; found is false when there is none, or none usable: one this
 // version cannot read, one ahead of the event stream (a restored stream
 // would make one), or one that cannot be read to the end. The caller then
-// reads the KV records. A read can also fail because a writer replaced the
+// replays the event stream from its start. A read can also fail because a writer replaced the
 // index meanwhile (its old chunks are purged), so it is tried twice.
-func (v *Validator) loadIndex(ctx context.Context, lastSeq uint64) (seq uint64, found bool, err error) {
+func (v *Validator) loadIndex(ctx context.Context, lastSeq uint64) (seq uint64, found bool) {
 	if v.h.KeyIndex == nil {
-		return 0, false, nil
+		return 0, false
 	}
 	for attempt := 1; attempt <= 2 && ctx.Err() == nil; attempt++ {
-		seq, found, err = v.readIndex(ctx, lastSeq)
+		seq, found, err := v.readIndex(ctx, lastSeq)
 		if err == nil {
-			return seq, found, nil
+			return seq, found
 		}
 		// Half an index is worse than none: start again from empty.
 		v.st.init()
@@ -135,11 +135,11 @@ func (v *Validator) loadIndex(ctx context.Context, lastSeq uint64) (seq uint64, 
 			break
 		}
 	}
-	return 0, false, nil
+	return 0, false
 }
 
 // indexReadTimeout bounds one read of the key index, so that a failed
-// read leaves time to load the KV records instead.
+// read leaves time to replay the event stream instead.
 const indexReadTimeout = 20 * time.Second
 
 func (v *Validator) readIndex(ctx context.Context, lastSeq uint64) (uint64, bool, error) {

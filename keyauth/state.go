@@ -1,13 +1,13 @@
 package keyauth
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"sync"
 	"sync/atomic"
 
 	"github.com/telapi/telkeys/apikey"
+	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/events"
 )
 
@@ -117,9 +117,7 @@ type state struct {
 	// applyMu is held while an event is applied, so that a key index can
 	// copy the state at one sequence.
 	applyMu   sync.Mutex
-	applied   atomic.Uint64
-	waitMu    sync.Mutex
-	advanced  chan struct{} // closed and replaced when applied moves
+	applied   bus.Progress // the last event sequence applied
 	keysCount atomic.Int64
 	kick      chan struct{} // asks for an early usage flush
 }
@@ -133,7 +131,6 @@ func (s *state) init() {
 	s.teams = map[string]*team{}
 	s.flagSeq = 0
 	s.webrtcOff.Store(false)
-	s.advanced = make(chan struct{})
 	s.kick = make(chan struct{}, 1)
 }
 
@@ -297,7 +294,7 @@ func (s *state) setConfig(t *team, seq uint64, enabled bool, allowed []string, l
 func (s *state) apply(seq uint64, ev events.Envelope, p events.Payload) {
 	switch e := p.(type) {
 	case events.PlatformFlagSet:
-		if e.Flag == "webrtc" && seq > s.flagSeq {
+		if e.Flag == events.FlagWebRTC && seq > s.flagSeq {
 			s.flagSeq = seq
 			s.webrtcOff.Store(!e.Enabled)
 		}
@@ -320,31 +317,5 @@ func (s *state) apply(seq uint64, ev events.Envelope, p events.Payload) {
 			s.dropKey(apikey.Hash(e.Hash))
 		}
 	}
-	s.advance(seq)
-}
-
-func (s *state) advance(seq uint64) {
-	s.waitMu.Lock()
-	defer s.waitMu.Unlock()
-	if seq > s.applied.Load() {
-		s.applied.Store(seq)
-		close(s.advanced)
-		s.advanced = make(chan struct{})
-	}
-}
-
-func (s *state) waitApplied(ctx context.Context, seq uint64) error {
-	for {
-		s.waitMu.Lock()
-		applied, ch := s.applied.Load(), s.advanced
-		s.waitMu.Unlock()
-		if applied >= seq {
-			return nil
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	s.applied.Advance(seq)
 }

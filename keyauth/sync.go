@@ -2,30 +2,28 @@ package keyauth
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/vmihailenco/msgpack/v5"
 
-	"github.com/telapi/telkeys/apikey"
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/events"
-	"github.com/telapi/telkeys/projections"
 )
 
-// start loads the read models at their checkpoint, then follows the event
-// stream from there, and returns once it has applied everything stored
-// before it started.
+// start loads the key index, then follows the event stream from the index's
+// sequence (or from the first event when there is no usable index), and
+// returns once it has applied everything stored before it started.
+//
+// A node reads nothing else: not the projector's read models, which are
+// telkeys' own, so that nothing a node trusts depends on their layout.
 func (v *Validator) start(ctx context.Context) error {
 	runCtx, cancel := context.WithCancel(context.Background())
 	v.cancel = cancel
-	v.every(runCtx, clockTick, nil, func() { v.clock.Store(v.cfg.Now().UnixNano()) })
+	bus.Every(runCtx, &v.wg, clockTick, nil, func(context.Context) { v.clock.Store(v.cfg.Now().UnixNano()) })
 
 	hb, err := v.nc.Subscribe(bus.HeartbeatSubject, v.onHeartbeat)
 	if err != nil {
@@ -39,14 +37,8 @@ func (v *Validator) start(ctx context.Context) error {
 	}
 	target := info.State.LastSeq
 	loadStart := time.Now()
-	cp, fromIndex, err := v.loadIndex(ctx, target)
-	if err == nil && !fromIndex {
-		cp, err = v.load(ctx)
-	}
-	if err != nil {
-		return fmt.Errorf("keyauth: load read models: %w", err)
-	}
-	v.st.advance(cp)
+	cp, fromIndex := v.loadIndex(ctx, target)
+	v.st.applied.Advance(cp)
 	v.cfg.Log.Debug("keyauth: state loaded", "from_key_index", fromIndex, "keys", v.st.keysCount.Load(),
 		"event", cp, "ms", time.Since(loadStart).Milliseconds())
 
@@ -64,39 +56,19 @@ func (v *Validator) start(ctx context.Context) error {
 		return err
 	}
 	v.stopWith(runCtx, cc)
-	if err := v.st.waitApplied(ctx, target); err != nil {
+	if err := v.st.applied.Wait(ctx, target, 0, nil); err != nil {
 		return fmt.Errorf("keyauth: catching up to event %d (at %d): %w", target, v.Applied(), err)
 	}
 	if err := v.startUsage(ctx, runCtx); err != nil {
 		return err
 	}
 	v.reconnects.Store(v.nc.Stats().Reconnects)
-	v.every(runCtx, 50*time.Millisecond, nil, func() {
+	bus.Every(runCtx, &v.wg, 50*time.Millisecond, nil, func(ctx context.Context) {
 		v.watchConnection()
-		v.resyncTarget(runCtx)
+		v.resyncTarget(ctx)
 	})
 	v.cfg.Log.Info("keyauth ready", "node", v.cfg.Name, "keys", v.st.keysCount.Load(), "event", v.Applied())
 	return nil
-}
-
-// every runs f every period, and whenever kick (which may be nil) fires,
-// until ctx ends.
-func (v *Validator) every(ctx context.Context, period time.Duration, kick <-chan struct{}, f func()) {
-	v.wg.Add(1)
-	go func() {
-		defer v.wg.Done()
-		t := time.NewTicker(period)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			case <-kick:
-			}
-			f()
-		}
-	}()
 }
 
 // stopWith stops a consumer when ctx ends.
@@ -107,82 +79,6 @@ func (v *Validator) stopWith(ctx context.Context, cc jetstream.ConsumeContext) {
 		<-ctx.Done()
 		cc.Stop()
 	}()
-}
-
-// load reads the checkpoint, then every key, team and flag record. Records
-// may be ahead of the checkpoint (the projector writes them first); they
-// carry their sequences, and events they already reflect are ignored.
-func (v *Validator) load(ctx context.Context) (uint64, error) {
-	var cp uint64
-	e, err := v.h.ReadModel.Get(ctx, bus.CheckpointKey)
-	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-	case err != nil:
-		return 0, err
-	default:
-		if cp, err = strconv.ParseUint(string(e.Value()), 10, 64); err != nil {
-			return 0, err
-		}
-	}
-	// One consumer per record type, each with a single filter: the server
-	// answers a single filter from its subject index, while several
-	// filters over a million subjects cost it seconds per batch. The
-	// bucket keeps one message per subject, so reading everything from the
-	// start reads each record's last value.
-	for _, prefix := range []string{bus.FlagPrefix, bus.TeamPrefix, bus.KeyPrefix} {
-		if err := v.loadPrefix(ctx, prefix); err != nil {
-			return 0, err
-		}
-	}
-	return cp, nil
-}
-
-// loadPrefix loads every record whose name starts with prefix.
-func (v *Validator) loadPrefix(ctx context.Context, prefix string) error {
-	pre := "$KV." + bus.BucketReadModel + "."
-	cons, err := v.js.OrderedConsumer(ctx, "KV_"+bus.BucketReadModel, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{pre + prefix + ">"},
-	})
-	if err != nil {
-		return err
-	}
-	return bus.ReadPending(ctx, cons, func(m jetstream.Msg, _ *jetstream.MsgMetadata) error {
-		if op := m.Headers().Get("KV-Operation"); op == "DEL" || op == "PURGE" {
-			return nil
-		}
-		return v.loadRecord(strings.TrimPrefix(m.Subject(), pre), m.Data())
-	})
-}
-
-func (v *Validator) loadRecord(name string, data []byte) error {
-	switch {
-	case strings.HasPrefix(name, bus.KeyPrefix):
-		var r projections.KeyRecord
-		if err := msgpack.Unmarshal(data, &r); err != nil {
-			return err
-		}
-		h, err := apikey.ParseHash(r.Hash)
-		if err != nil {
-			return err
-		}
-		v.st.putKey(h, &key{id: r.ID, team: v.st.team(r.Team), scopes: scopesOf(r.Scopes), seq: r.Seq})
-	case strings.HasPrefix(name, bus.TeamPrefix):
-		var r projections.TeamRecord
-		if err := msgpack.Unmarshal(data, &r); err != nil {
-			return err
-		}
-		if r.Configured {
-			v.st.setConfig(v.st.team(r.Team), r.Seq, r.Enabled, r.AllowedScopes, r.MaxRequestsPerDay)
-		}
-	case name == bus.FlagPrefix+"webrtc":
-		var r projections.FlagRecord
-		if err := msgpack.Unmarshal(data, &r); err != nil {
-			return err
-		}
-		v.st.flagSeq = r.Seq
-		v.st.webrtcOff.Store(!r.Enabled)
-	}
-	return nil
 }
 
 // onEvent applies one event. The ordered consumer delivers every event
@@ -203,13 +99,13 @@ func (v *Validator) onEvent(m jetstream.Msg) {
 	ev, err := events.Unmarshal(m.Data())
 	if err != nil {
 		v.cfg.Log.Error("keyauth: undecodable event", "seq", seq, "err", err)
-		v.st.advance(seq)
+		v.st.applied.Advance(seq)
 		return
 	}
 	p, err := ev.Decode()
 	if err != nil {
 		v.cfg.Log.Warn("keyauth: skipping event", "seq", seq, "type", ev.Type, "err", err)
-		v.st.advance(seq)
+		v.st.applied.Advance(seq)
 		return
 	}
 	v.st.apply(seq, ev, p)

@@ -153,8 +153,8 @@ func (v *Validator) startUsage(ctx, runCtx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("keyauth: loading usage counters: %w", ctx.Err())
 	}
-	v.every(runCtx, v.cfg.UsageFlush, v.st.kick, func() { v.flushUsage(runCtx, false) })
-	v.every(runCtx, v.cfg.LastUsedFlush, nil, func() { v.flushLastUsed(runCtx) })
+	bus.Every(runCtx, &v.wg, v.cfg.UsageFlush, v.st.kick, func(ctx context.Context) { v.flushUsage(ctx, false) })
+	bus.Every(runCtx, &v.wg, v.cfg.LastUsedFlush, nil, v.flushLastUsed)
 	return nil
 }
 

@@ -11,12 +11,13 @@ import (
 	"github.com/telapi/telkeys/apikey"
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/events"
 	"github.com/telapi/telkeys/internal/coretest"
 )
 
 func usageSetup(t *testing.T, limit *int64) (*coretest.Core, commands.CreatedKey) {
 	c := coretest.Start(t)
-	c.Configure("acme", commands.AccessConfig{Enabled: true, AllowedScopes: []string{apikey.ScopeReadTeamApps}, MaxKeys: 10, MaxRequestsPerDay: limit})
+	c.Configure("acme", events.AccessConfig{Enabled: true, AllowedScopes: []string{apikey.ScopeReadTeamApps}, MaxKeys: 10, MaxRequestsPerDay: limit})
 	return c, c.Create("acme", apikey.ScopeReadTeamApps)
 }
 
@@ -89,7 +90,7 @@ func TestRetriedFlushKeepsItsCount(t *testing.T) {
 func TestUnlimitedTeamsFlushLessOften(t *testing.T) {
 	r, k := usageSetup(t, nil)
 	limit := int64(1000)
-	r.Configure("capped", commands.AccessConfig{Enabled: true, AllowedScopes: []string{apikey.ScopeReadTeamApps}, MaxKeys: 10, MaxRequestsPerDay: &limit})
+	r.Configure("capped", events.AccessConfig{Enabled: true, AllowedScopes: []string{apikey.ScopeReadTeamApps}, MaxKeys: 10, MaxRequestsPerDay: &limit})
 	kc := r.Create("capped", apikey.ScopeReadTeamApps)
 	v := flushedByHand(t, r)
 	pending := func(team string) int64 {

@@ -295,10 +295,7 @@ func (p *Projector) apply(ctx context.Context, w *writes, seq uint64, data []byt
 	switch e := payload.(type) {
 	case events.TeamAccessConfigured:
 		rec.Configured = true
-		rec.Enabled = e.Enabled
-		rec.AllowedScopes = e.AllowedScopes
-		rec.MaxKeys = e.MaxKeys
-		rec.MaxRequestsPerDay = e.MaxRequestsPerDay
+		rec.AccessConfig = e.AccessConfig
 	case events.KeyCreated:
 		k := KeyRecord{
 			Seq: seq, ID: e.KeyID, Team: team, Name: e.Name, Scopes: e.Scopes,

@@ -14,6 +14,7 @@ import (
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/bus/bustest"
 	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/events"
 	"github.com/telapi/telkeys/internal/coretest"
 	"github.com/telapi/telkeys/projections"
 )
@@ -40,7 +41,7 @@ func (r *rig) start() { r.StartProjector() }
 func (r *rig) wait(seq uint64) { r.t.Helper(); r.Wait(seq) }
 
 func (r *rig) configure(team string, max int) uint64 {
-	_, res, err := r.Cmds.ConfigureTeamAccess(context.Background(), admin, team, commands.AccessConfig{
+	_, res, err := r.Cmds.ConfigureTeamAccess(context.Background(), admin, team, events.AccessConfig{
 		Enabled: true, AllowedScopes: apikey.Scopes(), MaxKeys: max,
 	})
 	if err != nil {
@@ -89,7 +90,7 @@ func TestProjectionBuildsReadModels(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fres, err := r.Cmds.SetPlatformFlag(context.Background(), admin, commands.FlagWebRTC, false)
+	fres, err := r.Cmds.SetPlatformFlag(context.Background(), admin, events.FlagWebRTC, false)
 	if err != nil {
 		t.Fatal(err)
 	}

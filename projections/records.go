@@ -8,20 +8,21 @@
 // applied to it, so replays after a crash or a failover are harmless.
 package projections
 
-import "time"
+import (
+	"time"
+
+	"github.com/telapi/telkeys/events"
+)
 
 // TeamRecord is a team's access configuration and active key count, under
 // team.<team>. A team never configured has no record and is disabled.
 type TeamRecord struct {
-	Seq               uint64    `msgpack:"seq"`
-	Team              string    `msgpack:"team"`
-	Configured        bool      `msgpack:"configured"`
-	Enabled           bool      `msgpack:"enabled"`
-	AllowedScopes     []string  `msgpack:"allowed_scopes"`
-	MaxKeys           int       `msgpack:"max_keys"`
-	MaxRequestsPerDay *int64    `msgpack:"max_requests_per_day"`
-	Keys              int       `msgpack:"keys"`
-	UpdatedAt         time.Time `msgpack:"updated_at"`
+	Seq        uint64 `msgpack:"seq"`
+	Team       string `msgpack:"team"`
+	Configured bool   `msgpack:"configured"`
+	events.AccessConfig
+	Keys      int       `msgpack:"keys"`
+	UpdatedAt time.Time `msgpack:"updated_at"`
 }
 
 // KeyRecord is one active key. It is stored in the team's list and under

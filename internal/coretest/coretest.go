@@ -91,7 +91,7 @@ func (c *Core) Wait(seq uint64) {
 }
 
 // Configure sets a team's access as the superadmin.
-func (c *Core) Configure(team string, cfg commands.AccessConfig) uint64 {
+func (c *Core) Configure(team string, cfg events.AccessConfig) uint64 {
 	c.T.Helper()
 	_, res, err := c.Cmds.ConfigureTeamAccess(context.Background(), Admin, team, cfg)
 	if err != nil {

@@ -1,0 +1,147 @@
+// Package domain is what telkeys knows about teams, keys and the platform,
+// as plain code with no I/O: the state of each aggregate, folded from its
+// events one at a time, and the rules that commands check against it.
+//
+// It imports only events. The commands' write model and audit's replay
+// fold histories with it, and the read models take their rules from it
+// (EffectiveScopes), so that every reader agrees on what a history means.
+//
+// Apply never fails on a business rule: events record what happened, and
+// a replay must reproduce it. The rules are checked before an event is
+// recorded (Team.CheckCreate, Team.CheckDelete).
+package domain
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/telapi/telkeys/events"
+)
+
+// Key is an active key: created and not deleted.
+type Key struct {
+	ID        string    `msgpack:"id"`
+	Name      string    `msgpack:"name"`
+	Scopes    []string  `msgpack:"scopes"`
+	Hash      []byte    `msgpack:"hash"`
+	Last4     string    `msgpack:"last4"`
+	CreatedAt time.Time `msgpack:"created_at"`
+}
+
+// Team is the state of a team aggregate: its API access configuration and
+// its active keys. Its msgpack form is the commands' snapshot of it.
+type Team struct {
+	Configured bool                `msgpack:"configured"`
+	Config     events.AccessConfig `msgpack:"config"`
+	Keys       map[string]Key      `msgpack:"keys"`
+}
+
+// NewTeam returns the state of a team nothing has happened to: never
+// configured, so disabled, with no keys.
+func NewTeam() *Team { return &Team{Keys: map[string]Key{}} }
+
+// Apply folds one of the team's events into the state.
+func (t *Team) Apply(e events.Envelope, p events.Payload) {
+	switch p := p.(type) {
+	case events.TeamAccessConfigured:
+		t.Configured = true
+		t.Config = p.AccessConfig
+	case events.KeyCreated:
+		t.Keys[p.KeyID] = Key{ID: p.KeyID, Name: p.Name, Scopes: p.Scopes, Hash: p.Hash, Last4: p.Last4, CreatedAt: e.Time}
+	case events.KeyDeleted:
+		delete(t.Keys, p.KeyID)
+	}
+}
+
+// Platform is the state of the platform aggregate.
+type Platform struct {
+	// WebRTCOff is stored negated so that the zero value means "on", the
+	// platform default until a superadmin turns it off.
+	WebRTCOff bool `msgpack:"webrtc_off"`
+}
+
+// NewPlatform returns the default platform state: webrtc on.
+func NewPlatform() *Platform { return &Platform{} }
+
+// WebRTC reports whether the webrtc flag is on.
+func (p *Platform) WebRTC() bool { return !p.WebRTCOff }
+
+// Apply folds one of the platform's events into the state.
+func (p *Platform) Apply(_ events.Envelope, pl events.Payload) {
+	if f, ok := pl.(events.PlatformFlagSet); ok && f.Flag == events.FlagWebRTC {
+		p.WebRTCOff = !f.Enabled
+	}
+}
+
+// The rules' errors. The API maps them to HTTP in one place.
+var (
+	// ErrTeamDisabled: the team's API access is off (or never configured).
+	ErrTeamDisabled = errors.New("team API access is disabled")
+	// ErrMaxKeysReached: the team already has max_keys active keys.
+	ErrMaxKeysReached = errors.New("team has reached its maximum number of API keys")
+	// ErrScopeNotAllowed: a requested scope is not in the team's allowed scopes.
+	ErrScopeNotAllowed = errors.New("scope not allowed for this team")
+	// ErrKeyNotFound: no active key with that id in that team.
+	ErrKeyNotFound = errors.New("API key not found")
+)
+
+// ScopeError names the scope that is not allowed. Scope is empty for a
+// name outside the catalogue, which is never echoed back.
+type ScopeError struct{ Scope string }
+
+func (e *ScopeError) Error() string {
+	if e.Scope == "" {
+		return "unknown scope: valid scopes are CREATE_CALL_TOKEN, READ_CALL_TOKEN, READ_TEAM_APPS"
+	}
+	return fmt.Sprintf("scope %s is not allowed for this team", e.Scope)
+}
+
+// Unwrap makes errors.Is(err, ErrScopeNotAllowed) true.
+func (e *ScopeError) Unwrap() error { return ErrScopeNotAllowed }
+
+// CheckCreate reports whether a key with these scopes may be created:
+// the team is enabled, every scope is allowed, and it has fewer than
+// max_keys active keys. Lowering max_keys below the count deletes
+// nothing; it only blocks new keys.
+func (t *Team) CheckCreate(scopes []string) error {
+	if !t.Config.Enabled {
+		return ErrTeamDisabled
+	}
+	for _, s := range scopes {
+		if !slices.Contains(t.Config.AllowedScopes, s) {
+			return &ScopeError{Scope: s}
+		}
+	}
+	if len(t.Keys) >= t.Config.MaxKeys {
+		return ErrMaxKeysReached
+	}
+	return nil
+}
+
+// CheckDelete returns the active key that may be deleted. requireEnabled
+// is set for members, who manage keys only while the team is enabled.
+func (t *Team) CheckDelete(keyID string, requireEnabled bool) (Key, error) {
+	if requireEnabled && !t.Config.Enabled {
+		return Key{}, ErrTeamDisabled
+	}
+	k, ok := t.Keys[keyID]
+	if !ok {
+		return Key{}, ErrKeyNotFound
+	}
+	return k, nil
+}
+
+// EffectiveScopes is what a key may do: its own scopes ∩ the team's
+// allowed scopes, in the key's order. Removing a scope from a team takes
+// it from every key at once. (keyauth computes the same with bit sets.)
+func EffectiveScopes(key, allowed []string) []string {
+	out := make([]string, 0, len(key))
+	for _, s := range key {
+		if slices.Contains(allowed, s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
