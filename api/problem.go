@@ -6,19 +6,11 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
+	"github.com/telapi/telkeys/api/problem"
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/commands"
 	"github.com/telapi/telkeys/domain"
 )
-
-// Problem is an RFC 9457 problem document with a stable machine code.
-type Problem struct {
-	Type   string `json:"type"`
-	Title  string `json:"title"`
-	Status int    `json:"status"`
-	Detail string `json:"detail"`
-	Code   string `json:"code"`
-}
 
 // Sentinels of the HTTP layer itself.
 var (
@@ -36,16 +28,14 @@ func badRequest(detail string) error { return &requestError{detail} }
 
 // problemFor is the one place where errors become HTTP answers. Internal
 // errors get a generic detail; their text is logged, never sent.
-func problemFor(err error) Problem {
+func problemFor(err error) problem.Problem {
 	var (
 		ve *commands.ValidationError
 		se *domain.ScopeError
 		re *requestError
 		fe *fiber.Error
 	)
-	p := func(status int, code, detail string) Problem {
-		return Problem{Type: "about:blank", Title: http.StatusText(status), Status: status, Detail: detail, Code: code}
-	}
+	p := problem.New
 	switch {
 	case errors.As(err, &ve):
 		return p(400, "invalid_request", ve.Error())
@@ -82,14 +72,8 @@ func problemFor(err error) Problem {
 }
 
 // writeProblem sends the problem for err.
-func writeProblem(c *fiber.Ctx, err error) Problem {
+func writeProblem(c *fiber.Ctx, err error) problem.Problem {
 	pr := problemFor(err)
-	if pr.Status == fiber.StatusServiceUnavailable {
-		c.Set(fiber.HeaderRetryAfter, "1")
-	}
-	c.Status(pr.Status)
-	c.Set(fiber.HeaderContentType, "application/problem+json")
-	b, _ := jsonMarshal(pr)
-	_ = c.Send(b)
+	_ = problem.Write(c, pr)
 	return pr
 }

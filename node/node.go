@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/oklog/ulid/v2"
 
+	"github.com/telapi/telkeys/api/problem"
 	"github.com/telapi/telkeys/apikey"
 	"github.com/telapi/telkeys/keyauth"
 )
@@ -95,26 +96,9 @@ type Verifier interface {
 	Current() bool
 }
 
-// problem writes an RFC 9457 problem with a stable code.
-func problem(c *fiber.Ctx, status int, code, detail string) error {
-	return c.Status(status).JSON(fiber.Map{
-		"type": "about:blank", "title": statusText(status),
-		"status": status, "detail": detail, "code": code,
-	}, "application/problem+json") // JSON would otherwise set application/json
-}
-
-func statusText(status int) string {
-	switch status {
-	case 401:
-		return "Unauthorized"
-	case 403:
-		return "Forbidden"
-	case 429:
-		return "Too Many Requests"
-	case 503:
-		return "Service Unavailable"
-	}
-	return "Error"
+// writeProblem answers with an RFC 9457 problem.
+func writeProblem(c *fiber.Ctx, status int, code, detail string) error {
+	return problem.Write(c, problem.New(status, code, detail))
 }
 
 // New returns the node's Fiber app.
@@ -148,7 +132,7 @@ func New(v Verifier, webhookSecret []byte) *fiber.App {
 		mac := hmac.New(sha256.New, webhookSecret)
 		mac.Write(c.Body())
 		if !ok || err != nil || !hmac.Equal(got, mac.Sum(nil)) {
-			return problem(c, 401, "invalid_signature", "X-Telapi-Signature must be sha256=<hex HMAC-SHA256 of the body>")
+			return writeProblem(c, 401, "invalid_signature", "X-Telapi-Signature must be sha256=<hex HMAC-SHA256 of the body>")
 		}
 		return c.Status(202).JSON(fiber.Map{"accepted": true})
 	})
@@ -169,7 +153,7 @@ func gate(v Verifier, scope string) fiber.Handler {
 		}
 		if key == "" {
 			c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="telapi"`)
-			return problem(c, 401, "missing_api_key", "send an API key in Authorization: Bearer or X-API-Key")
+			return writeProblem(c, 401, "missing_api_key", "send an API key in Authorization: Bearer or X-API-Key")
 		}
 		r := v.Verify(key, scope)
 		if r.Limit >= 0 && (r.Code == keyauth.Valid || r.Code == keyauth.RateLimited) {
@@ -183,19 +167,18 @@ func gate(v Verifier, scope string) fiber.Handler {
 			return c.Next()
 		case keyauth.NotFound:
 			c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="telapi", error="invalid_token"`)
-			return problem(c, 401, "invalid_api_key", "the API key is unknown, malformed or deleted")
+			return writeProblem(c, 401, "invalid_api_key", "the API key is unknown, malformed or deleted")
 		case keyauth.InsufficientScope:
-			return problem(c, 403, "insufficient_scope", "the API key lacks scope "+scope)
+			return writeProblem(c, 403, "insufficient_scope", "the API key lacks scope "+scope)
 		case keyauth.TeamAPIDisabled:
-			return problem(c, 403, "team_api_disabled", "API access is disabled for the key's team")
+			return writeProblem(c, 403, "team_api_disabled", "API access is disabled for the key's team")
 		case keyauth.WebRTCDisabled:
-			return problem(c, 403, "webrtc_disabled", "the platform's WebRTC feature is turned off")
+			return writeProblem(c, 403, "webrtc_disabled", "the platform's WebRTC feature is turned off")
 		case keyauth.RateLimited:
 			c.Set(fiber.HeaderRetryAfter, strconv.FormatInt(secondsToUTCMidnight(time.Now()), 10))
-			return problem(c, 429, "rate_limited", "the team's daily request limit is reached; it resets at 00:00 UTC")
+			return writeProblem(c, 429, "rate_limited", "the team's daily request limit is reached; it resets at 00:00 UTC")
 		default:
-			c.Set(fiber.HeaderRetryAfter, "1")
-			return problem(c, 503, "unavailable", "this node cannot verify keys right now")
+			return writeProblem(c, 503, "unavailable", "this node cannot verify keys right now")
 		}
 	}
 }

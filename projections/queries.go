@@ -13,6 +13,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/telapi/telkeys/bus"
+	"github.com/telapi/telkeys/events"
 )
 
 // ReadModel answers queries from the KV read models.
@@ -83,7 +84,7 @@ func (r *ReadModel) Teams(ctx context.Context) ([]TeamRecord, error) {
 // WebRTC returns the platform's webrtc flag: on unless turned off.
 func (r *ReadModel) WebRTC(ctx context.Context) (bool, error) {
 	rec := FlagRecord{Enabled: true}
-	_, err := r.get(ctx, bus.FlagPrefix+"webrtc", &rec)
+	_, err := r.get(ctx, bus.FlagPrefix+events.FlagWebRTC, &rec)
 	return rec.Enabled, err
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -22,11 +21,8 @@ import (
 // every projector publishes, and, while someone waits, from the read-model
 // checkpoint, so a lost hint only delays a waiter by one poll.
 type Tracker struct {
-	kv jetstream.KeyValue
-
-	mu      sync.Mutex
-	applied uint64
-	changed chan struct{} // closed and replaced on every advance
+	kv      jetstream.KeyValue
+	applied bus.Progress
 }
 
 // pollEvery is how often a waiter reads the checkpoint.
@@ -34,7 +30,7 @@ const pollEvery = 50 * time.Millisecond
 
 // NewTracker starts from the read models' checkpoint.
 func NewTracker(ctx context.Context, h *bus.Handles) (*Tracker, error) {
-	t := &Tracker{kv: h.ReadModel, changed: make(chan struct{})}
+	t := &Tracker{kv: h.ReadModel}
 	if err := t.refresh(ctx); err != nil {
 		return nil, err
 	}
@@ -55,43 +51,14 @@ func (t *Tracker) Subscribe(nc *nats.Conn) (*nats.Subscription, error) {
 }
 
 // Advance records that every event up to seq is applied.
-func (t *Tracker) Advance(seq uint64) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if seq > t.applied {
-		t.applied = seq
-		close(t.changed)
-		t.changed = make(chan struct{})
-	}
-}
+func (t *Tracker) Advance(seq uint64) { t.applied.Advance(seq) }
 
 // Applied returns the highest sequence known to be applied.
-func (t *Tracker) Applied() uint64 {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.applied
-}
+func (t *Tracker) Applied() uint64 { return t.applied.Load() }
 
 // Wait blocks until seq is applied or ctx ends.
 func (t *Tracker) Wait(ctx context.Context, seq uint64) error {
-	poll := time.NewTimer(pollEvery)
-	defer poll.Stop()
-	for {
-		t.mu.Lock()
-		applied, changed := t.applied, t.changed
-		t.mu.Unlock()
-		if applied >= seq {
-			return nil
-		}
-		select {
-		case <-changed:
-		case <-poll.C:
-			_ = t.refresh(ctx)
-			poll.Reset(pollEvery)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	return t.applied.Wait(ctx, seq, pollEvery, func() { _ = t.refresh(ctx) })
 }
 
 func (t *Tracker) refresh(ctx context.Context) error {
