@@ -81,7 +81,10 @@ func Parse(fs *flag.FlagSet, args []string, stderr io.Writer, envPrefix, intro s
 		return ErrUsage
 	}
 	// The command line is parsed: ff fills in only the flags it left unset.
-	return ff.Parse(fs, nil, ff.WithEnvVarPrefix(envPrefix))
+	if err := ff.Parse(fs, nil, ff.WithEnvVarPrefix(envPrefix)); err != nil {
+		return Usage(err)
+	}
+	return nil
 }
 
 // EnvName is the environment variable of a flag.
