@@ -21,10 +21,14 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/bus/bustest"
 	"github.com/telapi/telkeys/commands"
 	"github.com/telapi/telkeys/service"
 )
+
+// The shared harness: the binaries, an in-process telkeys, HTTP requests
+// to it and reads of its JetStream.
 
 // bin holds telkeys and telapi-node, built once for the tests that run
 // them as real processes, with the race detector when the tests have it.
@@ -88,8 +92,11 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-// testService is a telkeys started in-process through Start, with a real
-// embedded JetStream server and a real HTTP listener on random ports.
+func ptr[T any](v T) *T { return &v }
+
+// testService is a telkeys the tests talk to over HTTP: started in-process
+// through Start (Service, cfg and logs set), or running elsewhere
+// (serviceAt: base only).
 type testService struct {
 	*service.Service
 	t    testing.TB
@@ -99,8 +106,10 @@ type testService struct {
 	base string
 }
 
-// startService starts telkeys; mods adjust the config (e.g. NATSURL to
-// share another instance's NATS, or DataDir to restart on the same store).
+// startService starts telkeys with a real embedded JetStream server and a
+// real HTTP listener on random ports; mods adjust the config (e.g. NATSURL
+// to share another instance's NATS, or DataDir to restart on the same
+// store).
 func startService(t testing.TB, mods ...func(*service.Config)) *testService {
 	t.Helper()
 	cfg := service.Config{
@@ -116,11 +125,7 @@ func startService(t testing.TB, mods ...func(*service.Config)) *testService {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := auth.New([]byte(testSecret), commands.ValidTeamID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &testService{Service: svc, t: t, cfg: cfg, logs: logs, auth: a, base: "http://" + svc.HTTPAddr}
+	s := &testService{Service: svc, t: t, cfg: cfg, logs: logs, auth: newAuthority(t), base: "http://" + svc.HTTPAddr}
 	t.Cleanup(func() {
 		// Connections the client dialed but never used would hold the
 		// graceful shutdown until its timeout.
@@ -138,15 +143,38 @@ func startService(t testing.TB, mods ...func(*service.Config)) *testService {
 	return s
 }
 
+// serviceAt is a testService for the telkeys at base (e.g. a separate
+// process), once it is ready.
+func serviceAt(t testing.TB, base string) *testService {
+	t.Helper()
+	s := &testService{t: t, base: base, auth: newAuthority(t)}
+	s.waitReady()
+	return s
+}
+
+// newAuthority mints tokens the services under test accept.
+func newAuthority(t testing.TB) *auth.Authority {
+	t.Helper()
+	a, err := auth.New([]byte(testSecret), commands.ValidTeamID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// withT is s reporting to t, for use in a subtest: a helper must not fail
+// the parent test from the subtest's goroutine.
+func (s *testService) withT(t testing.TB) *testService {
+	c := *s
+	c.t = t
+	return &c
+}
+
 func (s *testService) waitReady() {
 	s.t.Helper()
 	bustest.Eventually(s.t, 30*time.Second, "GET /readyz answers 200", func() bool {
-		res, err := http.Get(s.base + "/readyz")
-		if err != nil {
-			return false
-		}
-		res.Body.Close()
-		return res.StatusCode == 200
+		r, err := s.trySend("GET", "/readyz", nil, nil)
+		return err == nil && r.status == 200
 	})
 }
 
@@ -185,6 +213,44 @@ func (r response) problemCode(t testing.TB) string {
 	return code
 }
 
+func expectProblem(t testing.TB, r response, status int, code string) {
+	t.Helper()
+	if r.status != status {
+		t.Fatalf("status %d, want %d; body %s", r.status, status, r.body)
+	}
+	if got := r.problemCode(t); got != code {
+		t.Fatalf("code %q, want %q; body %s", got, code, r.body)
+	}
+}
+
+// refusal is a request and the problem it must be answered with.
+type refusal struct {
+	method, path, token string
+	body                any // as for do
+	status              int
+	code                string
+}
+
+// expectRefusals sends each request in order, in a subtest of its own so
+// that every refusal is checked even when one is wrong.
+func (s *testService) expectRefusals(t *testing.T, rs []refusal) {
+	t.Helper()
+	for _, r := range rs {
+		t.Run(fmt.Sprintf("%s %s %d %s", r.method, r.path, r.status, r.code), func(t *testing.T) {
+			expectProblem(t, s.withT(t).do(r.method, r.path, r.token, r.body), r.status, r.code)
+		})
+	}
+}
+
+// strs is a decoded JSON array of strings.
+func strs(v any) []string {
+	var out []string
+	for _, x := range v.([]any) {
+		out = append(out, x.(string))
+	}
+	return out
+}
+
 // sendRequest sends one request with client and reads the whole answer.
 // A JSON content type is set when there is a body; hdr may override it.
 func sendRequest(client *http.Client, method, url string, hdr map[string]string, body []byte) (response, error) {
@@ -214,8 +280,24 @@ func sendRequest(client *http.Client, method, url string, hdr map[string]string,
 	return response{status: res.StatusCode, header: res.Header, body: b}, nil
 }
 
-// do sends a request; body is sent as is if it is a string or []byte,
-// else as JSON.
+// trySend sends body exactly as given, with exactly the given headers (no
+// Authorization unless hdr has one), and returns transport errors.
+func (s *testService) trySend(method, path string, hdr map[string]string, body []byte) (response, error) {
+	return sendRequest(http.DefaultClient, method, s.base+path, hdr, body)
+}
+
+// send is trySend failing the test on a transport error.
+func (s *testService) send(method, path string, hdr map[string]string, body []byte) response {
+	s.t.Helper()
+	r, err := s.trySend(method, path, hdr, body)
+	if err != nil {
+		s.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	return r
+}
+
+// do sends a request with token as a bearer token (none if ""); body is
+// sent as is if it is a string or []byte, else as JSON.
 func (s *testService) do(method, path, token string, body any) response {
 	s.t.Helper()
 	var b []byte
@@ -236,25 +318,30 @@ func (s *testService) do(method, path, token string, body any) response {
 	if token != "" {
 		hdr["Authorization"] = "Bearer " + token
 	}
-	r, err := sendRequest(http.DefaultClient, method, s.base+path, hdr, b)
-	if err != nil {
-		s.t.Fatalf("%s %s: %v", method, path, err)
-	}
-	return r
+	return s.send(method, path, hdr, b)
 }
 
-// enableTeam configures a team as a superadmin.
-func (s *testService) enableTeam(team string, maxKeys int, scopes ...string) {
+// configureTeam sets a team's API access as a superadmin. perDay nil means
+// no daily limit. No scopes means all three.
+func (s *testService) configureTeam(team string, enabled bool, maxKeys int, perDay *int64, scopes ...string) {
 	s.t.Helper()
 	if len(scopes) == 0 {
 		scopes = []string{"CREATE_CALL_TOKEN", "READ_CALL_TOKEN", "READ_TEAM_APPS"}
 	}
-	r := s.do("PUT", "/v1/teams/"+team+"/api-access", s.token(auth.RoleSuperadmin, ""), map[string]any{
-		"enabled": true, "allowed_scopes": scopes, "max_keys": maxKeys, "max_requests_per_day": 1000,
-	})
-	if r.status != 200 {
-		s.t.Fatalf("enable %s: %d %s", team, r.status, r.body)
+	body := map[string]any{"enabled": enabled, "allowed_scopes": scopes, "max_keys": maxKeys}
+	if perDay != nil {
+		body["max_requests_per_day"] = *perDay
 	}
+	r := s.do("PUT", "/v1/teams/"+team+"/api-access", s.token(auth.RoleSuperadmin, ""), body)
+	if r.status != 200 {
+		s.t.Fatalf("configure %s: %d %s", team, r.status, r.body)
+	}
+}
+
+// enableTeam enables a team with a daily limit of 1000 requests.
+func (s *testService) enableTeam(team string, maxKeys int, scopes ...string) {
+	s.t.Helper()
+	s.configureTeam(team, true, maxKeys, ptr[int64](1000), scopes...)
 }
 
 // createKey creates a key as a member of team and returns the response body.
@@ -270,19 +357,49 @@ func (s *testService) createKey(team, name string, scopes ...string) map[string]
 	return r.json(s.t)
 }
 
-// stream opens the event stream through a separate client connection.
+// deleteKey deletes a key as a member of its team and returns when the
+// DELETE response has arrived.
+func (s *testService) deleteKey(team, id string) {
+	s.t.Helper()
+	if r := s.do("DELETE", "/v1/teams/"+team+"/api-keys/"+id, s.token(auth.RoleMember, team), nil); r.status != 204 {
+		s.t.Fatalf("delete %s: %d %s", id, r.status, r.body)
+	}
+}
+
+// js connects to the service's NATS as a separate client.
 func (s *testService) js() jetstream.JetStream {
 	s.t.Helper()
-	nc, err := nats.Connect(s.NATSURL)
+	return jetStream(s.t, s.NATSURL)
+}
+
+func jetStream(t testing.TB, natsURL string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(natsURL)
 	if err != nil {
-		s.t.Fatal(err)
+		t.Fatal(err)
 	}
-	s.t.Cleanup(nc.Close)
+	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	if err != nil {
-		s.t.Fatal(err)
+		t.Fatal(err)
 	}
 	return js
+}
+
+// eventCount is the number of messages in the event stream.
+func (s *testService) eventCount() uint64 {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := s.js().Stream(ctx, bus.EventStream)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return info.State.Msgs
 }
 
 // allMessages reads every message of a stream, in order.
@@ -314,4 +431,31 @@ func allMessages(t testing.TB, js jetstream.JetStream, stream string) []jetstrea
 		out = append(out, m)
 	}
 	return out
+}
+
+// runWorkers calls f from n goroutines, each until f returns false or
+// stop is called. stop returns once every goroutine has returned.
+func runWorkers(n int, f func() bool) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				if !f() {
+					return
+				}
+			}
+		}()
+	}
+	return func() {
+		close(done)
+		wg.Wait()
+	}
 }

@@ -1,13 +1,9 @@
 package e2e
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
-	"io"
 	"net/http"
-	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -60,116 +56,34 @@ func TestGracefulRestartKeepsEverything(t *testing.T) {
 		map[string]any{"name": "over", "scopes": []string{"READ_TEAM_APPS"}}), 409, "max_keys_reached")
 }
 
-// child is telkeys serve running as a separate OS process.
-type child struct {
-	cmd     *exec.Cmd
-	base    string
-	natsURL string
-	done    chan struct{}
-}
-
-func startChild(t *testing.T, dataDir string) *child {
-	t.Helper()
-	cmd := exec.Command(bin.telkeys, "serve", "--data-dir", dataDir, "--http-addr", "127.0.0.1:0",
-		"--nats-addr", "127.0.0.1:0", "--auth-secret", testSecret, "--log-format", "json")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c := &child{cmd: cmd, done: make(chan struct{})}
-	logs := &syncBuffer{}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-c.done
-		if t.Failed() {
-			t.Logf("log of telkeys child on %s:\n%s", dataDir, logs.String())
-		}
-	})
-	addr := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			if !bytes.Contains(sc.Bytes(), []byte(`"msg":"http"`)) { // access lines are many
-				_, _ = logs.Write(append(sc.Bytes(), '\n'))
-			}
-			var line struct {
-				Msg       string
-				Addr      string
-				ClientURL string `json:"client_url"`
-			}
-			if json.Unmarshal(sc.Bytes(), &line) == nil {
-				switch {
-				case strings.HasPrefix(line.Msg, "embedded NATS server started"):
-					c.natsURL = line.ClientURL // written before addr is sent
-				case line.Msg == "http listening":
-					addr <- line.Addr
-				}
-			}
-		}
-		_, _ = io.Copy(io.Discard, stderr)
-		_ = cmd.Wait()
-		close(c.done)
-	}()
-	select {
-	case a := <-addr:
-		c.base = "http://" + a
-	case <-c.done:
-		t.Fatal("telkeys child exited before listening")
-	case <-time.After(60 * time.Second):
-		t.Fatal("telkeys child did not listen within 60s")
-	}
-	return c
-}
-
 // SIGKILL a telkeys process in the middle of a stream of creates, start it
 // again: every create that got a 201 is listed, no event is duplicated, and
 // every aggregate's hash chain is intact.
 func TestSIGKILLDuringCreates(t *testing.T) {
 	dir := t.TempDir()
-	c := startChild(t, dir)
-	s := &testService{t: t, base: c.base}
-	s.auth, _ = auth.New([]byte(testSecret), func(string) bool { return true })
-	s.waitReady()
+	c := startTelkeysProcess(t, dir)
+	s := serviceAt(t, c.base)
 	s.enableTeam("acme", 1000)
 	tok := s.token(auth.RoleMember, "acme")
 
 	var mu sync.Mutex
 	var acked []string
-	var wg sync.WaitGroup
 	client := &http.Client{Timeout: 10 * time.Second}
-	stop := make(chan struct{})
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				req, _ := http.NewRequest("POST", c.base+"/v1/teams/acme/api-keys",
-					strings.NewReader(`{"name":"k","scopes":["READ_TEAM_APPS"]}`))
-				req.Header.Set("Authorization", "Bearer "+tok)
-				res, err := client.Do(req)
-				if err != nil {
-					return // the process is gone
-				}
-				var body struct{ ID string }
-				_ = json.NewDecoder(res.Body).Decode(&body)
-				res.Body.Close()
-				if res.StatusCode == 201 {
-					mu.Lock()
-					acked = append(acked, body.ID)
-					mu.Unlock()
-				}
-			}
-		}()
-	}
+	stop := runWorkers(4, func() bool {
+		r, err := sendRequest(client, "POST", c.base+"/v1/teams/acme/api-keys", map[string]string{"Authorization": "Bearer " + tok},
+			[]byte(`{"name":"k","scopes":["READ_TEAM_APPS"]}`))
+		if err != nil {
+			return false // the process is gone
+		}
+		var body struct{ ID string }
+		_ = json.Unmarshal(r.body, &body)
+		if r.status == 201 {
+			mu.Lock()
+			acked = append(acked, body.ID)
+			mu.Unlock()
+		}
+		return true
+	})
 	bustest.Eventually(t, 60*time.Second, "40 creates acknowledged", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
@@ -179,12 +93,10 @@ func TestSIGKILLDuringCreates(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-c.done
-	close(stop)
-	wg.Wait()
+	stop()
 
-	c2 := startChild(t, dir)
-	s.base = c2.base
-	s.waitReady()
+	c2 := startTelkeysProcess(t, dir)
+	s = serviceAt(t, c2.base)
 	r := s.do("GET", "/v1/teams/acme/api-keys", tok, nil)
 	listed := map[string]bool{}
 	for _, k := range r.json(t)["keys"].([]any) {
@@ -214,8 +126,7 @@ func TestSIGKILLDuringCreates(t *testing.T) {
 // aggregate's chain is intact, and returns the ids of created keys.
 func checkEventStream(t *testing.T, natsURL string) map[string]bool {
 	t.Helper()
-	ts := &testService{t: t, Service: &service.Service{NATSURL: natsURL}}
-	msgs := allMessages(t, ts.js(), bus.EventStream)
+	msgs := allMessages(t, jetStream(t, natsURL), bus.EventStream)
 	seen := map[string]bool{}
 	last := map[string][]byte{}
 	created := map[string]bool{}
