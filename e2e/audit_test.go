@@ -9,6 +9,11 @@ import (
 	"github.com/telapi/telkeys/auth"
 )
 
+// The audit trail: GET /v1/audit/events and the telkeys audit commands,
+// which read the event stream directly.
+
+// TestAuditEndpoint: every event in order, paged and filtered, without
+// plaintext keys, to auditors and superadmins only.
 func TestAuditEndpoint(t *testing.T) {
 	s := startService(t)
 	s.enableTeam("acme", 5)
@@ -50,24 +55,25 @@ func TestAuditEndpoint(t *testing.T) {
 	if p := r.json(t); len(p["events"].([]any)) != 0 {
 		t.Fatalf("until filter %s", r.body)
 	}
+	refusals := []refusal{
+		{"GET", "/v1/audit/events", "", nil, 401, "unauthorized"},
+		{"GET", "/v1/audit/events", s.token(auth.RoleNode, ""), nil, 403, "forbidden"},
+		{"GET", "/v1/audit/events", s.token(auth.RoleMember, "acme"), nil, 403, "forbidden"},
+	}
 	for _, q := range []string{"limit=0", "limit=1001", "after=-1", "team=a.b", "since=yesterday", "type=Nope"} {
-		expectProblem(t, s.do("GET", "/v1/audit/events?"+q, aud, nil), 400, "invalid_request")
+		refusals = append(refusals, refusal{"GET", "/v1/audit/events?" + q, aud, nil, 400, "invalid_request"})
 	}
-	expectProblem(t, s.do("GET", "/v1/audit/events", "", nil), 401, "unauthorized")
-	for _, role := range []auth.Role{auth.RoleNode} {
-		expectProblem(t, s.do("GET", "/v1/audit/events", s.token(role, ""), nil), 403, "forbidden")
-	}
-	expectProblem(t, s.do("GET", "/v1/audit/events", s.token(auth.RoleMember, "acme"), nil), 403, "forbidden")
+	s.expectRefusals(t, refusals)
 }
 
+// TestAuditCommands runs telkeys audit verify, events and state against
+// the service's NATS.
 func TestAuditCommands(t *testing.T) {
 	s := startService(t)
 	s.enableTeam("acme", 5)
 	k := s.createKey("acme", "k")
 	between := time.Now().UTC()
-	if r := s.do("DELETE", "/v1/teams/acme/api-keys/"+k["id"].(string), s.token(auth.RoleMember, "acme"), nil); r.status != 204 {
-		t.Fatalf("delete %d", r.status)
-	}
+	s.deleteKey("acme", k["id"].(string))
 	cli := func(args ...string) (int, string) {
 		code, out, errOut := runTelkeys(t, append(args, "--nats-url", s.NATSURL)...)
 		return code, out + errOut

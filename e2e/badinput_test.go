@@ -445,6 +445,7 @@ func (b *badInput) keyIDs(testing.TB) []badCase {
 // the service must refuse; and a header over fasthttp's 4 KiB read
 // buffer, refused before routing.
 func (b *badInput) tokens(t testing.TB) []badCase {
+	t.Helper()
 	var cases []badCase
 	for _, tk := range refusedAuthorizations(t, b.s) {
 		cases = append(cases,

@@ -42,8 +42,9 @@ func browserFor(t *testing.T) context.Context {
 
 // page is one browser tab: its own sessionStorage, so its own sign-in.
 type page struct {
-	t   *testing.T
-	ctx context.Context
+	t    *testing.T // rebound to each step's subtest
+	test string     // the test that opened it, which names its screenshots
+	ctx  context.Context
 }
 
 func newPage(t *testing.T, alloc context.Context) *page {
@@ -52,7 +53,7 @@ func newPage(t *testing.T, alloc context.Context) *page {
 	t.Cleanup(cancel)
 	ctx, cancel2 := context.WithTimeout(ctx, 90*time.Second)
 	t.Cleanup(cancel2)
-	return &page{t: t, ctx: ctx}
+	return &page{t: t, test: t.Name(), ctx: ctx}
 }
 
 func (p *page) fail(what string, err error) {
@@ -135,9 +136,9 @@ func (p *page) shot(name string) []byte {
 		p.t.Logf("screenshot %s: %v", name, err)
 		return nil
 	}
-	dir := filepath.Join("..", "..", "test-output")
+	dir := filepath.Join("..", "test-output")
 	_ = os.MkdirAll(dir, 0o755)
-	file := filepath.Join(dir, strings.ReplaceAll(p.t.Name(), "/", "_")+"-"+name+".png")
+	file := filepath.Join(dir, strings.ReplaceAll(p.test, "/", "_")+"-"+name+".png")
 	if err := os.WriteFile(file, png, 0o644); err != nil {
 		p.t.Logf("screenshot %s: %v", name, err)
 	}
@@ -153,24 +154,58 @@ func (p *page) devSignIn(role, team string) {
 	p.until("signed in", "(e => e && e.offsetParent !== null)(document.querySelector('#sign-out'))")
 }
 
+// uiFlow is the API keys flow of the web UI, step by step, in two tabs:
+// a superadmin's and a member's of acme. Each step starts where the one
+// before left the pages.
+type uiFlow struct {
+	s             *testService
+	admin, member *page
+	secret        string // the first key's plaintext, as shown once
+	masked        string // and as listed
+}
+
 func TestBrowserAPIKeysFlow(t *testing.T) {
 	alloc := browserFor(t)
-	s := startService(t, func(c *service.Config) { c.DevLogin = true })
-	visible := func(sel string) string {
-		return fmt.Sprintf("document.querySelector(%q) && document.querySelector(%q).offsetParent !== null", sel, sel)
+	f := &uiFlow{s: startService(t, func(c *service.Config) { c.DevLogin = true }), admin: newPage(t, alloc), member: newPage(t, alloc)}
+	for _, step := range []struct {
+		name string
+		run  func(*uiFlow, *testing.T)
+	}{
+		{"a superadmin enables a team", (*uiFlow).adminEnablesTeam},
+		{"a member sees the tab and the stats", (*uiFlow).memberSeesTab},
+		{"the secret is shown once and copied", (*uiFlow).secretShownOnce},
+		{"the table shows the key masked", (*uiFlow).keyListedMasked},
+		{"Create is disabled at max keys", (*uiFlow).atMaxKeys},
+		{"a delete with confirmation", (*uiFlow).deleteWithConfirmation},
+		{"a superadmin disables the team", (*uiFlow).adminDisablesTeam},
+	} {
+		ok := t.Run(step.name, func(t *testing.T) {
+			f.admin.t, f.member.t = t, t
+			step.run(f, t)
+		})
+		if !ok {
+			return // the next steps start from where this one failed
+		}
 	}
-	open := func(sel string) string {
-		return fmt.Sprintf("document.querySelector(%q) && document.querySelector(%q).open", sel, sel)
-	}
+}
 
-	// 1. A superadmin enables a team with 2 allowed scopes, max keys 2 and a daily limit.
-	admin := newPage(t, alloc)
-	admin.open(s.base)
+func visible(sel string) string {
+	return fmt.Sprintf("document.querySelector(%q) && document.querySelector(%q).offsetParent !== null", sel, sel)
+}
+
+func dialogOpen(sel string) string {
+	return fmt.Sprintf("document.querySelector(%q) && document.querySelector(%q).open", sel, sel)
+}
+
+// adminEnablesTeam: 2 allowed scopes, max keys 2 and a daily limit.
+func (f *uiFlow) adminEnablesTeam(t *testing.T) {
+	admin := f.admin
+	admin.open(f.s.base)
 	admin.devSignIn("superadmin", "")
 	admin.click("#tab-admin-teams")
 	admin.set("#new-team-id", "acme")
 	admin.click("#new-team-submit")
-	admin.until("team dialog", open("#team-dialog"))
+	admin.until("team dialog", dialogOpen("#team-dialog"))
 	admin.js(`(() => {
 		const d = document.querySelector('#team-dialog');
 		d.querySelector('#team-enabled').checked = true;
@@ -181,11 +216,11 @@ func TestBrowserAPIKeysFlow(t *testing.T) {
 	admin.click("#team-save")
 	admin.until("acme listed", "document.querySelector('#teams-table') && document.querySelector('#teams-table').textContent.includes('acme')")
 	admin.shot("1-admin-enabled-acme")
+}
 
-	// 2. A member sees the tab and the stats, creates a key; the secret is
-	// shown once and Copy puts it on the clipboard.
-	member := newPage(t, alloc)
-	member.open(s.base)
+func (f *uiFlow) memberSeesTab(t *testing.T) {
+	member := f.member
+	member.open(f.s.base)
 	member.devSignIn("member", "acme")
 	member.until("stats", "document.querySelector('#stat-keys') && document.querySelector('#stat-keys').textContent.includes('0 / 2')")
 	if req, sc := member.text("#stat-requests"), member.text("#stat-scopes"); !strings.Contains(req, "1000") ||
@@ -193,26 +228,36 @@ func TestBrowserAPIKeysFlow(t *testing.T) {
 		t.Fatalf("stats: requests %q, scopes %q", req, sc)
 	}
 	member.shot("2-member-tab")
+}
 
-	createKey := func(name, scope string) string {
-		member.click("#create-key")
-		member.until("create dialog", open("#create-dialog"))
-		var boxes []string
-		member.js(`[...document.querySelectorAll('#create-dialog input[name=scope]')].map(c => c.value)`, &boxes)
-		if len(boxes) != 2 {
-			t.Fatalf("scope choices %v, want the 2 available", boxes)
-		}
-		member.set("#key-name", name)
-		member.js(fmt.Sprintf(`document.querySelector('input[name=scope][value=%s]').checked = true`, scope), nil)
-		member.click("#create-submit")
-		member.until("secret dialog", open("#secret-dialog"))
-		var secret string
-		member.js(`(() => { const e = document.querySelector('#secret-value'); return e.value || e.textContent })()`, &secret)
-		return strings.TrimSpace(secret)
+// createKey creates a key through the create dialog, offered the team's
+// two scopes, and returns the secret the next dialog shows.
+func (f *uiFlow) createKey(t *testing.T, name, scope string) string {
+	t.Helper()
+	member := f.member
+	member.click("#create-key")
+	member.until("create dialog", dialogOpen("#create-dialog"))
+	var boxes []string
+	member.js(`[...document.querySelectorAll('#create-dialog input[name=scope]')].map(c => c.value)`, &boxes)
+	if len(boxes) != 2 {
+		t.Fatalf("scope choices %v, want the 2 available", boxes)
 	}
-	secret := createKey("backend", "READ_TEAM_APPS")
-	if !strings.HasPrefix(secret, "tk_") {
-		t.Fatalf("secret shown: %q", secret)
+	member.set("#key-name", name)
+	member.js(fmt.Sprintf(`document.querySelector('input[name=scope][value=%s]').checked = true`, scope), nil)
+	member.click("#create-submit")
+	member.until("secret dialog", dialogOpen("#secret-dialog"))
+	var secret string
+	member.js(`(() => { const e = document.querySelector('#secret-value'); return e.value || e.textContent })()`, &secret)
+	return strings.TrimSpace(secret)
+}
+
+// secretShownOnce: a member creates a key; the secret is shown once and
+// Copy puts it on the clipboard.
+func (f *uiFlow) secretShownOnce(t *testing.T) {
+	member := f.member
+	f.secret = f.createKey(t, "backend", "READ_TEAM_APPS")
+	if !strings.HasPrefix(f.secret, "tk_") {
+		t.Fatalf("secret shown: %q", f.secret)
 	}
 	member.shot("3-secret-shown-once")
 	// Headless Chromium has no clipboard to read back: record what the page
@@ -223,25 +268,32 @@ func TestBrowserAPIKeysFlow(t *testing.T) {
 	var copied string
 	member.js(`window.__copied`, &copied)
 	member.js(`(() => { delete window.__copied; return true })()`, nil)
-	if copied != secret {
+	if copied != f.secret {
 		t.Fatalf("clipboard holds %q, want the key", copied)
 	}
+}
 
-	// 3. After the dialog closes: the masked key and the chips in the table,
-	// and the plaintext nowhere in the page.
-	masked := "tk_…" + secret[len(secret)-4:]
+// keyListedMasked: after the dialog closes, the masked key and the chips
+// in the table, and the plaintext nowhere in the page.
+func (f *uiFlow) keyListedMasked(t *testing.T) {
+	member := f.member
+	f.masked = "tk_…" + f.secret[len(f.secret)-4:]
 	member.click("#secret-close")
-	member.until("masked key listed", fmt.Sprintf("!document.querySelector('#secret-dialog').open && document.querySelector('#keys-table').textContent.includes(%q)", masked))
+	member.until("masked key listed", fmt.Sprintf("!document.querySelector('#secret-dialog').open && document.querySelector('#keys-table').textContent.includes(%q)", f.masked))
 	if row := member.text("#keys-table tbody tr"); !strings.Contains(row, "READ_TEAM_APPS") || !strings.Contains(row, "backend") || !strings.Contains(row, "never") {
 		t.Fatalf("row %q", row)
 	}
-	if h := member.html(); strings.Contains(h, secret) || strings.Contains(h, secret[3:20]) {
+	if h := member.html(); strings.Contains(h, f.secret) || strings.Contains(h, f.secret[3:20]) {
 		t.Fatal("the plaintext key is still in the page after its dialog closed")
 	}
 	member.shot("4-masked-in-table")
+}
 
-	// 4. A second create brings the count to 2/2, and Create is disabled.
-	createKey("worker", "CREATE_CALL_TOKEN")
+// atMaxKeys: a second create brings the count to 2/2, and Create is
+// disabled, saying why.
+func (f *uiFlow) atMaxKeys(t *testing.T) {
+	member := f.member
+	f.createKey(t, "worker", "CREATE_CALL_TOKEN")
 	member.click("#secret-close")
 	member.until("2 / 2", "document.querySelector('#stat-keys').textContent.includes('2 / 2')")
 	member.until("create disabled", "document.querySelector('#create-key').disabled")
@@ -249,29 +301,33 @@ func TestBrowserAPIKeysFlow(t *testing.T) {
 		t.Fatalf("reason %q", reason)
 	}
 	member.shot("5-at-max-keys")
+}
 
-	// 5. A delete with confirmation removes the row.
+func (f *uiFlow) deleteWithConfirmation(t *testing.T) {
+	member := f.member
 	member.click("#keys-table button[data-delete]")
-	member.until("confirm dialog", open("#confirm-dialog"))
+	member.until("confirm dialog", dialogOpen("#confirm-dialog"))
 	member.click("#confirm-delete")
 	member.until("row removed", "document.querySelectorAll('#keys-table tbody tr').length === 1 && document.querySelector('#stat-keys').textContent.includes('1 / 2')")
 	member.shot("6-after-delete")
+}
 
-	// 6. The superadmin disables the team; the member's tab disappears.
+// adminDisablesTeam: the member's tab disappears, and with it the keys.
+func (f *uiFlow) adminDisablesTeam(t *testing.T) {
+	admin, member := f.admin, f.member
 	admin.click("button[data-edit=acme]")
-	admin.until("team dialog", open("#team-dialog"))
+	admin.until("team dialog", dialogOpen("#team-dialog"))
 	admin.js(`document.querySelector('#team-enabled').checked = false`, nil)
 	admin.click("#team-save")
 	admin.until("saved", "!document.querySelector('#team-dialog').open")
-	member.open(s.base)
+	member.open(f.s.base)
 	member.until("disabled message", visible("#api-keys-disabled"))
 	member.until("tab gone", "!("+visible("#tab-api-keys")+")")
 	h := member.html()
-	if strings.Contains(h, masked) || strings.Contains(h, "worker") {
+	if strings.Contains(h, f.masked) || strings.Contains(h, "worker") {
 		t.Fatal("keys still shown for a disabled team")
 	}
-	// 7. The plaintext key is not in the page.
-	if strings.Contains(h, secret) {
+	if strings.Contains(h, f.secret) {
 		t.Fatal("the plaintext key is in the page")
 	}
 	member.shot("7-disabled")

@@ -8,6 +8,8 @@ import (
 	"github.com/telapi/telkeys/auth"
 )
 
+// Authorization: which role may call which route, on which team.
+
 // Every role against every route on team A's path: allowed roles succeed,
 // the others get 403 forbidden; a member of B is never let into A; nodes
 // and auditors never write.

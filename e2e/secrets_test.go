@@ -161,16 +161,11 @@ func newLeakHunt(t *testing.T) *leakHunt {
 	create("alpha", "ci")
 	create("beta", "beta one", "CREATE_CALL_TOKEN")
 	create("beta", "beta two")
-	if r := s.do("DELETE", "/v1/teams/alpha/api-keys/"+h.deleted.id, h.memA, nil); r.status != 204 {
-		t.Fatalf("delete: %d %s", r.status, r.body)
-	}
+	s.deleteKey("alpha", h.deleted.id)
 
 	// Snapshots are written every 32 events of a team.
 	for i := range 20 {
-		c := create("churn", fmt.Sprintf("churn %d", i))
-		if r := s.do("DELETE", "/v1/teams/churn/api-keys/"+c.id, h.memC, nil); r.status != 204 {
-			t.Fatalf("churn delete %d: %d %s", i, r.status, r.body)
-		}
+		s.deleteKey("churn", create("churn", fmt.Sprintf("churn %d", i)).id)
 	}
 	for i, k := range h.keys {
 		h.l.add(t, i, k.key)
