@@ -186,7 +186,7 @@ func TestReconnectNeverAnswersFromStaleState(t *testing.T) {
 		})
 
 		var valid, notFound, unavailable atomic.Int64
-		stop := runWorkers(2, func() bool {
+		stop := runWorkers(t, 2, func() bool {
 			switch v.Verify(key, "READ_TEAM_APPS").Code {
 			case keyauth.Valid:
 				valid.Add(1)

@@ -434,8 +434,10 @@ func allMessages(t testing.TB, js jetstream.JetStream, stream string) []jetstrea
 }
 
 // runWorkers calls f from n goroutines, each until f returns false or
-// stop is called. stop returns once every goroutine has returned.
-func runWorkers(n int, f func() bool) (stop func()) {
+// stop is called. stop returns once every goroutine has returned; it is
+// also called when the test ends, so that a test stopped by a failure
+// leaves none behind.
+func runWorkers(t testing.TB, n int, f func() bool) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	for range n {
@@ -454,8 +456,10 @@ func runWorkers(n int, f func() bool) (stop func()) {
 			}
 		}()
 	}
-	return func() {
+	stop = sync.OnceFunc(func() {
 		close(done)
 		wg.Wait()
-	}
+	})
+	t.Cleanup(stop)
+	return stop
 }

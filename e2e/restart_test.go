@@ -70,7 +70,7 @@ func TestSIGKILLDuringCreates(t *testing.T) {
 	var mu sync.Mutex
 	var acked []string
 	client := &http.Client{Timeout: 10 * time.Second}
-	stop := runWorkers(4, func() bool {
+	stop := runWorkers(t, 4, func() bool {
 		r, err := sendRequest(client, "POST", c.base+"/v1/teams/acme/api-keys", map[string]string{"Authorization": "Bearer " + tok},
 			[]byte(`{"name":"k","scopes":["READ_TEAM_APPS"]}`))
 		if err != nil {
