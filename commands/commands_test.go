@@ -30,12 +30,10 @@ func setup(t testing.TB) (*bus.Handles, func() *commands.Handler) {
 	}
 }
 
-func ptr[T any](v T) *T { return &v }
-
 func enable(t testing.TB, c *commands.Handler, team string, max int) {
 	t.Helper()
 	_, _, err := c.ConfigureTeamAccess(context.Background(), admin, team, events.AccessConfig{
-		Enabled: true, AllowedScopes: apikey.Scopes(), MaxKeys: max, MaxRequestsPerDay: ptr[int64](100),
+		Enabled: true, AllowedScopes: apikey.Scopes(), MaxKeys: max, MaxRequestsPerDay: new(int64(100)),
 	})
 	if err != nil {
 		t.Fatal(err)

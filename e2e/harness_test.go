@@ -74,26 +74,6 @@ func runTelkeys(t testing.TB, args ...string) (code int, stdout, stderr string) 
 
 const testSecret = "test-secret-0123456789abcdef0123456789abcdef"
 
-// syncBuffer collects log output from many goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func ptr[T any](v T) *T { return &v }
-
 // testService is a telkeys the tests talk to over HTTP: started in-process
 // through Start (Service, cfg and logs set), or running elsewhere
 // (serviceAt: base only).
@@ -101,7 +81,7 @@ type testService struct {
 	*service.Service
 	t    testing.TB
 	cfg  service.Config
-	logs *syncBuffer
+	logs *bustest.LogBuffer
 	auth *auth.Authority
 	base string
 }
@@ -119,7 +99,7 @@ func startService(t testing.TB, mods ...func(*service.Config)) *testService {
 	for _, m := range mods {
 		m(&cfg)
 	}
-	logs := &syncBuffer{}
+	logs := &bustest.LogBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	svc, err := service.Start(context.Background(), cfg, log)
 	if err != nil {
@@ -341,7 +321,7 @@ func (s *testService) configureTeam(team string, enabled bool, maxKeys int, perD
 // enableTeam enables a team with a daily limit of 1000 requests.
 func (s *testService) enableTeam(team string, maxKeys int, scopes ...string) {
 	s.t.Helper()
-	s.configureTeam(team, true, maxKeys, ptr[int64](1000), scopes...)
+	s.configureTeam(team, true, maxKeys, new(int64(1000)), scopes...)
 }
 
 // createKey creates a key as a member of team and returns the response body.

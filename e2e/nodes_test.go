@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/telapi/telkeys/bus/bustest"
 	"github.com/telapi/telkeys/node"
 )
 
@@ -85,7 +86,7 @@ func pollNode(t testing.TB, within time.Duration, what string, req func() (respo
 // per request), and picks out the HTTP address (sent once on addr) and
 // the embedded NATS server's client URL.
 type logWatcher struct {
-	logs    syncBuffer
+	logs    bustest.LogBuffer
 	addr    chan string
 	mu      sync.Mutex
 	partial []byte

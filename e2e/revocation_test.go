@@ -262,7 +262,7 @@ func (m *statusMappings) teamDisabled(t *testing.T) {
 
 func (m *statusMappings) dailyLimit(t *testing.T) {
 	s := m.s.withT(t)
-	s.configureTeam("gamma", true, 10, ptr[int64](2))
+	s.configureTeam("gamma", true, 10, new(int64(2)))
 	kg := s.createKey("gamma", "g", "READ_TEAM_APPS")["key"].(string)
 	// Wait until the node knows the key without spending the quota: a
 	// refused scope is not charged.

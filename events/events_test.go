@@ -14,8 +14,6 @@ import (
 
 var testTime = time.Date(2026, 3, 14, 15, 9, 26, 535897932, time.UTC)
 
-func int64p(v int64) *int64 { return &v }
-
 // samplePayloads has one value of every payload type in the catalogue, with
 // every field set so that a lost field shows up as a difference.
 func samplePayloads() []Payload {
@@ -25,7 +23,7 @@ func samplePayloads() []Payload {
 			Enabled:           true,
 			AllowedScopes:     []string{"CREATE_CALL_TOKEN", "READ_TEAM_APPS"},
 			MaxKeys:           5,
-			MaxRequestsPerDay: int64p(10000),
+			MaxRequestsPerDay: new(int64(10000)),
 		}},
 		KeyCreated{
 			KeyID:  "key_01J0000000000000000000000A",

@@ -54,8 +54,6 @@ func (r *rig) validatorOn(nc *nats.Conn, cfg keyauth.Config) *keyauth.Validator 
 	return v
 }
 
-func ptr[T any](v T) *T { return &v }
-
 func (r *rig) configure(team string, enabled bool, scopes []string, limit *int64) uint64 {
 	r.t.Helper()
 	return r.Configure(team, events.AccessConfig{Enabled: enabled, AllowedScopes: scopes, MaxKeys: 100, MaxRequestsPerDay: limit})
@@ -231,7 +229,7 @@ func TestVerifyRacingDelete(t *testing.T) {
 
 func TestDailyLimit(t *testing.T) {
 	r := newRig(t)
-	r.configure("acme", true, []string{apps}, ptr[int64](100))
+	r.configure("acme", true, []string{apps}, new(int64(100)))
 	k := r.create("acme", apps)
 	day := time.Date(2026, 11, 26, 15, 0, 0, 0, time.UTC)
 	clk := newClock(day)
@@ -283,7 +281,7 @@ func TestDailyLimit(t *testing.T) {
 		for range 9 {
 			expect(t, v, k.Plaintext, apps, keyauth.Valid)
 		}
-		wait(t, v, r.configure("acme", true, []string{apps}, ptr[int64](5)))
+		wait(t, v, r.configure("acme", true, []string{apps}, new(int64(5))))
 		expect(t, v, k.Plaintext, apps, keyauth.RateLimited)
 		wait(t, v, r.configure("acme", true, []string{apps}, nil))
 		expect(t, v, k.Plaintext, apps, keyauth.Valid)
@@ -293,7 +291,7 @@ func TestDailyLimit(t *testing.T) {
 // Two validators share the team's quota through the counter stream.
 func TestDailyLimitAcrossNodes(t *testing.T) {
 	r := newRig(t)
-	r.configure("acme", true, []string{apps}, ptr[int64](50))
+	r.configure("acme", true, []string{apps}, new(int64(50)))
 	k := r.create("acme", apps)
 	a := r.validator(keyauth.Config{UsageFlush: 5 * time.Millisecond})
 	b := r.validator(keyauth.Config{UsageFlush: 5 * time.Millisecond})
@@ -352,7 +350,7 @@ func itoa(n uint64) string {
 
 func TestVerifyDoesNotAllocate(t *testing.T) {
 	r := newRig(t)
-	r.configure("acme", true, []string{apps}, ptr[int64](1_000_000_000))
+	r.configure("acme", true, []string{apps}, new(int64(1_000_000_000)))
 	k := r.create("acme", apps)
 	v := r.validator(keyauth.Config{})
 	other, _ := apikey.Generate()
@@ -406,7 +404,7 @@ func BenchmarkQuotaOvershoot3Nodes(b *testing.B) {
 			var over int64
 			for i := range b.N {
 				team := "q" + itoa(uint64(i))
-				seq := r.configure(team, true, []string{apps}, ptr[int64](limit))
+				seq := r.configure(team, true, []string{apps}, new(int64(limit)))
 				k := r.create(team, apps)
 				for _, v := range nodes {
 					wait(b, v, max(seq, k.Result.Seq))
@@ -448,7 +446,7 @@ func BenchmarkQuotaOvershoot3Nodes(b *testing.B) {
 // A restarted node starts from today's count, not from zero.
 func TestRestartedNodeKeepsTodaysCount(t *testing.T) {
 	r := newRig(t)
-	r.configure("acme", true, []string{apps}, ptr[int64](10))
+	r.configure("acme", true, []string{apps}, new(int64(10)))
 	k := r.create("acme", apps)
 	a := r.validator(keyauth.Config{})
 	for range 10 {

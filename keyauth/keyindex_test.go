@@ -5,7 +5,6 @@ import (
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,24 +17,6 @@ import (
 	"github.com/telapi/telkeys/projections"
 )
 
-// logBuffer collects a validator's debug log.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // indexRig has a history with every kind of change, part of it before the
 // key index and part after.
 type indexRig struct {
@@ -47,7 +28,7 @@ type indexRig struct {
 
 func newIndexRig(t *testing.T) *indexRig {
 	r := &indexRig{rig: newRig(t)}
-	r.configure("acme", true, []string{apps, calls}, ptr[int64](1000))
+	r.configure("acme", true, []string{apps, calls}, new(int64(1000)))
 	r.configure("beta", true, []string{apps}, nil)
 	r.configure("off", false, []string{apps}, nil)
 	for i := range 6 {
@@ -96,7 +77,7 @@ func (r *indexRig) check(t *testing.T, v *keyauth.Validator) {
 // after it knows exactly what one that followed every event knows.
 func TestKeyIndex(t *testing.T) {
 	r := newIndexRig(t)
-	logs := &logBuffer{}
+	logs := &bustest.LogBuffer{}
 	v := r.validator(keyauth.Config{Log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if !strings.Contains(logs.String(), "from_key_index=true") {
 		t.Fatalf("the validator did not start from the key index:\n%s", logs)
@@ -138,7 +119,7 @@ func TestKeyIndexUnusable(t *testing.T) {
 			if _, err := obs.Put(context.Background(), jetstream.ObjectMeta{Name: bus.KeyIndexObject}, bytes.NewReader(data)); err != nil {
 				t.Fatal(err)
 			}
-			logs := &logBuffer{}
+			logs := &bustest.LogBuffer{}
 			ctx := context.Background()
 			nc := r.NC
 			v, err := keyauth.New(ctx, nc, keyauth.Config{Log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
@@ -245,7 +226,7 @@ func TestKeyIndexWhileEventsApply(t *testing.T) {
 	if _, err := r.writer.WriteKeyIndex(context.Background(), 1); err != nil {
 		t.Fatal(err)
 	}
-	logs := &logBuffer{}
+	logs := &bustest.LogBuffer{}
 	v := r.validator(keyauth.Config{Log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if !strings.Contains(logs.String(), "from_key_index=true") {
 		t.Fatalf("the validator did not start from the key index:\n%s", logs)

@@ -3,7 +3,9 @@
 package bustest
 
 import (
+	"bytes"
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -52,6 +54,25 @@ func Setup(t testing.TB) (*server.Server, *nats.Conn, *bus.Handles) {
 		t.Fatal(err)
 	}
 	return ns, nc, h
+}
+
+// LogBuffer collects log output from many goroutines: a slog handler's
+// writer in tests that read what a component logged.
+type LogBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *LogBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *LogBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // Eventually polls cond until it holds or the deadline passes.
