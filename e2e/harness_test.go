@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telapi/telkeys/auth"
@@ -354,15 +353,7 @@ func (s *testService) js() jetstream.JetStream {
 
 func jetStream(t testing.TB, natsURL string) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect(natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := bustest.ConnectURL(t, natsURL)
 	return js
 }
 

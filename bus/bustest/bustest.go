@@ -30,7 +30,13 @@ func Server(t testing.TB) *server.Server {
 // Connect opens a TCP connection to ns, closed by Cleanup.
 func Connect(t testing.TB, ns *server.Server) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(ns.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	return ConnectURL(t, ns.ClientURL())
+}
+
+// ConnectURL opens a connection to a server by URL, closed by Cleanup.
+func ConnectURL(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
