@@ -132,10 +132,15 @@ func New(cfg Config) (*Server, error) {
 		BodyLimit:             BodyLimit,
 		Immutable:             true, // params outlive the request buffer
 		DisableStartupMessage: true,
-		ReadTimeout:           15 * time.Second,
-		WriteTimeout:          15 * time.Second,
-		IdleTimeout:           60 * time.Second,
-		JSONEncoder:           jsonMarshal,
+		// A connection must send a whole request within ReadTimeout
+		// (slowloris) and may stay idle between requests for IdleTimeout.
+		ReadTimeout:  15 * time.Second,
+		WriteTimeout: 15 * time.Second,
+		IdleTimeout:  60 * time.Second,
+		// Connections served at once; fasthttp answers more with 503 and
+		// closes them (its default, 256Ki, is no limit).
+		Concurrency: 8192,
+		JSONEncoder: jsonMarshal,
 		// Errors raised before routing (body too large, bad request line).
 		ErrorHandler: func(c *fiber.Ctx, err error) error {
 			writeProblem(c, err)

@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/oklog/ulid/v2"
 
+	"github.com/telapi/telkeys/api/listener"
 	"github.com/telapi/telkeys/api/problem"
 	"github.com/telapi/telkeys/apikey"
 	"github.com/telapi/telkeys/keyauth"
@@ -81,7 +82,9 @@ func Serve(ctx context.Context, c Config, log *slog.Logger) error {
 	}
 	log.Info("http listening", "addr", ln.Addr().String(), "node", c.Name)
 	errc := make(chan error, 1)
-	go func() { errc <- app.Listener(ln) }()
+	// Running out of file descriptors (a connection flood) must not end
+	// Serve: the listener waits it out.
+	go func() { errc <- app.Listener(listener.KeepAccepting(ln, log)) }()
 	select {
 	case <-ctx.Done():
 		return app.ShutdownWithTimeout(5 * time.Second)
@@ -103,7 +106,18 @@ func writeProblem(c *fiber.Ctx, status int, code, detail string) error {
 
 // New returns the node's Fiber app.
 func New(v Verifier, webhookSecret []byte) *fiber.App {
-	app := fiber.New(fiber.Config{DisableStartupMessage: true, BodyLimit: 1 << 20})
+	app := fiber.New(fiber.Config{
+		DisableStartupMessage: true,
+		BodyLimit:             1 << 20,
+		// A connection must send a whole request within ReadTimeout
+		// (slowloris) and may stay idle between requests for IdleTimeout.
+		ReadTimeout:  15 * time.Second,
+		WriteTimeout: 15 * time.Second,
+		IdleTimeout:  60 * time.Second,
+		// Connections served at once; fasthttp answers more with 503 and
+		// closes them (its default, 256Ki, is no limit).
+		Concurrency: 8192,
+	})
 	app.Get("/healthz", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"status": "ok"}) })
 	app.Get("/readyz", func(c *fiber.Ctx) error {
 		if !v.Current() {

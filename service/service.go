@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/telapi/telkeys/api"
+	"github.com/telapi/telkeys/api/listener"
 	"github.com/telapi/telkeys/audit"
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/bus"
@@ -293,7 +294,9 @@ func (s *Service) listen(cfg Config) error {
 		return err
 	}
 	s.HTTPAddr = ln.Addr().String()
-	go func() { s.httpErr <- s.api.App().Listener(api.Linger(ln)) }()
+	// An accept error stops the service (Run), so running out of file
+	// descriptors must not be one: the listener waits it out.
+	go func() { s.httpErr <- s.api.App().Listener(api.Linger(listener.KeepAccepting(ln, s.log))) }()
 	if cfg.DevLogin {
 		s.log.Warn("!!! --dev-login is ON: anyone who can reach " + s.HTTPAddr + " can sign in as any role, superadmin included. Never use it outside local development. !!!")
 	}
