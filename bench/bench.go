@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/cli"
 	"github.com/telapi/telkeys/commands"
 	"github.com/telapi/telkeys/service"
@@ -33,14 +34,16 @@ var Scenarios = []string{"verify-local", "verify-http", "node-gate", "revoke", "
 
 // Config is every setting of telkeys bench.
 type Config struct {
-	Quick    bool
-	JSON     bool
-	Only     string
-	NATSURL  string
-	Keys     int
-	Duration time.Duration
-	Deletes  int
-	Creates  int
+	Quick   bool
+	JSON    bool
+	Only    string
+	NATSURL string
+	// NATSCreds are service credentials for NATSURL.
+	NATSCreds string
+	Keys      int
+	Duration  time.Duration
+	Deletes   int
+	Creates   int
 	// CPUProfile, if set, is where the bench writes a CPU profile of its
 	// own process (telkeys, its embedded NATS and the load generators).
 	CPUProfile string
@@ -248,7 +251,7 @@ func (b *bench) run(ctx context.Context) error {
 // bench's data dir (sync always), or the given NATS.
 func (b *bench) serveConfig() service.Config {
 	return service.Config{
-		DataDir: b.dir, HTTPAddr: "127.0.0.1:0", NATSAddr: "127.0.0.1:0", NATSURL: b.cfg.NATSURL,
+		DataDir: b.dir, HTTPAddr: "127.0.0.1:0", NATSAddr: "127.0.0.1:0", NATSURL: b.cfg.NATSURL, NATSCreds: b.cfg.NATSCreds,
 		Replicas: 1, AuthSecret: b.secret,
 	}
 }
@@ -256,6 +259,29 @@ func (b *bench) serveConfig() service.Config {
 func (b *bench) logger() *slog.Logger {
 	log, _ := cli.NewLogger(b.progress.w, "text", b.cfg.LogLevel) // validated
 	return log
+}
+
+// creds are credentials of role for the NATS under test: minted from the
+// embedded server's authority, or the service credentials given with
+// --nats-url (the bench cannot mint for a deployment it does not own).
+func (b *bench) creds(role bus.Role, name string) ([]byte, error) {
+	if b.cfg.NATSURL != "" {
+		return os.ReadFile(b.cfg.NATSCreds)
+	}
+	a, err := bus.LoadAuthority(bus.AuthDir(b.dir), true)
+	if err != nil {
+		return nil, err
+	}
+	return a.Credentials(role, name, 0)
+}
+
+// dial connects to the NATS under test as role.
+func (b *bench) dial(url string, role bus.Role, name string) (*nats.Conn, error) {
+	creds, err := b.creds(role, name)
+	if err != nil {
+		return nil, err
+	}
+	return bus.Dial(bus.ClientConfig{URLs: url, CredsData: creds, Name: name})
 }
 
 func (b *bench) close() {

@@ -5,12 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/ulid/v2"
 
@@ -47,26 +44,21 @@ func benchTeam(i int) string { return fmt.Sprintf("bench-%04d", i) }
 // without fsync (an embedded server of its own on the data dir, shut down
 // cleanly afterwards), since only reading it is measured.
 func (b *bench) load(ctx context.Context) error {
-	var nc *nats.Conn
-	var err error
-	if b.cfg.NATSURL == "" {
-		ns, err := server.NewServer(&server.Options{
-			ServerName: "telkeys", Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
-			StoreDir: filepath.Join(b.dir, "jetstream"), NoSigs: true,
-		})
+	url := b.cfg.NATSURL
+	if url == "" {
+		a, err := bus.LoadAuthority(bus.AuthDir(b.dir), true)
 		if err != nil {
 			return err
 		}
-		go ns.Start()
-		if !ns.ReadyForConnections(30 * time.Second) {
-			return errors.New("embedded server did not start")
+		ns, err := bus.StartEmbedded(bus.EmbeddedConfig{DataDir: b.dir, Addr: "127.0.0.1:0", Authority: a, NoFsync: true})
+		if err != nil {
+			return err
 		}
 		defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-		nc, err = bus.ConnectEmbedded(ns, "telkeys-bench-load")
-		if err != nil {
-			return err
-		}
-	} else if nc, err = nats.Connect(b.cfg.NATSURL, nats.Name("telkeys-bench-load")); err != nil {
+		url = ns.ClientURL()
+	}
+	nc, err := b.dial(url, bus.RoleService, "telkeys-bench-load")
+	if err != nil {
 		return err
 	}
 	defer nc.Close()
@@ -195,7 +187,7 @@ func (b *bench) startup(ctx context.Context) error {
 		b.add(Figure{Scenario: "startup", Figure: fmt.Sprintf("start → /readyz 200, %d keys stored", b.cfg.Keys),
 			Value: ms(took), Unit: "ms"}.atMost(5000))
 	}
-	if b.nc, err = nats.Connect(svc.NATSURL, nats.Name("telkeys-bench")); err != nil {
+	if b.nc, err = b.dial(svc.NATSURL, bus.RoleService, "telkeys-bench"); err != nil {
 		return err
 	}
 	b.js, err = jetstream.New(b.nc)

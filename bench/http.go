@@ -15,6 +15,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/keyauth"
 	"github.com/telapi/telkeys/node"
 )
@@ -245,7 +246,7 @@ func (b *bench) startNodes(ctx context.Context, n int) error {
 		go func() {
 			defer wg.Done()
 			name := "bench-node-" + strconv.Itoa(len(b.nodes)+i)
-			nc, err := nats.Connect(b.svc.NATSURL, nats.Name("telkeys-"+name))
+			nc, err := b.dial(b.svc.NATSURL, bus.RoleNode, name)
 			if err != nil {
 				errs[i] = err
 				return

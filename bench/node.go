@@ -11,14 +11,14 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
+	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/keyauth"
 )
 
@@ -45,7 +45,15 @@ func (b *bench) verifyLocal(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, exe, "bench", "node", "--nats-url", b.svc.NATSURL)
+	creds, err := b.creds(bus.RoleNode, "bench-node")
+	if err != nil {
+		return err
+	}
+	credsFile := filepath.Join(b.dir, "bench-node.creds")
+	if err := bus.WriteFile(credsFile, creds); err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, exe, "bench", "node", "--nats-url", b.svc.NATSURL, "--nats-creds", credsFile)
 	cmd.Stdin = strings.NewReader(strings.Join(b.data.sample, "\n"))
 	cmd.Stderr = b.progress.w
 	var out bytes.Buffer
@@ -71,7 +79,7 @@ func (b *bench) verifyLocal(ctx context.Context) error {
 }
 
 // NodeUsage explains telkeys bench node.
-const NodeUsage = `Usage: telkeys bench node --nats-url URL < keys
+const NodeUsage = `Usage: telkeys bench node --nats-url URL --nats-creds FILE < keys
 
 A keyauth node that measures itself and prints what it found as JSON: the
 time keyauth.New takes to load every key, its memory after that, and the
@@ -82,7 +90,7 @@ are a node's alone; it also measures a node against any running telkeys.
 `
 
 // RunNode is telkeys bench node: see NodeUsage.
-func RunNode(ctx context.Context, natsURL string, stdin io.Reader, stdout io.Writer) error {
+func RunNode(ctx context.Context, natsURL, creds string, stdin io.Reader, stdout io.Writer) error {
 	var keys [][]byte
 	sc := bufio.NewScanner(stdin)
 	for sc.Scan() {
@@ -103,7 +111,7 @@ func RunNode(ctx context.Context, natsURL string, stdin io.Reader, stdout io.Wri
 	mask := len(keys) - 1
 	f := nodeFigures{Probes: len(keys)}
 
-	nc, err := nats.Connect(natsURL, nats.Name("telkeys-bench-node"))
+	nc, err := bus.Dial(bus.ClientConfig{URLs: natsURL, Creds: creds, Name: "telkeys-bench-node"})
 	if err != nil {
 		return err
 	}

@@ -178,7 +178,9 @@ func (b *bench) deleteAndWatch(ctx context.Context, client *http.Client, tok str
 // pubSubLatency publishes n messages, one at a time, to a subscription on
 // each node's connection, and returns every publish-to-receive time.
 func (b *bench) pubSubLatency(ctx context.Context, n int) (latencies, error) {
-	subject := "telkeys.bench.ping." + nats.NewInbox()[len("_INBOX."):]
+	// Under the nodes' inbox prefix: the one subject they may subscribe to
+	// besides the heartbeat.
+	subject := bus.InboxPrefix(bus.RoleNode) + ".bench." + nats.NewInbox()[len("_INBOX."):]
 	recv := make(chan time.Duration, 3*n)
 	for _, node := range b.nodes {
 		sub, err := node.nc.Subscribe(subject, func(m *nats.Msg) {

@@ -60,9 +60,12 @@ const (
 	// MaxAge; counter streams cannot use per-message TTLs).
 	UsageRetention = 35 * 24 * time.Hour
 
-	// BucketLastUsed holds when each key was last used, in unix seconds,
-	// under LastUsedKey(team, key id).
-	BucketLastUsed = "telkeys_lastused"
+	// LastUsedStream holds when each key was last used, in unix seconds:
+	// one message per key, on LastUsedSubject(team, key id). Nodes write
+	// it as they write usage counts; it is not a KV bucket, which nodes
+	// may not write.
+	LastUsedStream        = "TELKEYS_LASTUSED"
+	LastUsedSubjectPrefix = "telkeys.lastused."
 	// BucketKeyIndex is an object store holding one object, KeyIndexObject:
 	// every key, team and flag a validator needs, at one event sequence.
 	// Validators start from it instead of reading a million KV records.
@@ -128,9 +131,9 @@ func IsWrongLastSequence(err error) bool {
 // EventSubject returns the subject of an aggregate's events.
 func EventSubject(aggregate string) string { return EventSubjectPrefix + aggregate }
 
-// LastUsedKey is the key of a key's entry in the last-used bucket; a
-// team's entries match team + ".>".
-func LastUsedKey(team, keyID string) string { return team + "." + keyID }
+// LastUsedSubject is the subject of a key's last-used time; a team's
+// match LastUsedSubject(team, ">").
+func LastUsedSubject(team, keyID string) string { return LastUsedSubjectPrefix + team + "." + keyID }
 
 // Handles are the opened streams and buckets.
 type Handles struct {
@@ -142,7 +145,7 @@ type Handles struct {
 	ReadModelStream jetstream.Stream
 	Snapshots       jetstream.KeyValue
 	Usage           jetstream.Stream
-	LastUsed        jetstream.KeyValue
+	LastUsed        jetstream.Stream
 	// KeyIndex is nil when a validator opens a deployment that has none.
 	KeyIndex jetstream.ObjectStore
 }
@@ -205,7 +208,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, replicas int) (*Handles,
 		MaxMsgsPerSubject: 1,
 		MaxAge:            UsageRetention,
 		Duplicates:        2 * time.Minute,
-		PersistMode:       jetstream.AsyncPersistMode,
+		PersistMode:       asyncPersist(replicas),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bus: usage stream: %w", err)
@@ -218,8 +221,19 @@ func Setup(ctx context.Context, js jetstream.JetStream, replicas int) (*Handles,
 	}); err != nil {
 		return nil, fmt.Errorf("bus: bucket %s: %w", BucketKeyIndex, err)
 	}
-	if h.LastUsed, err = kvBucket(ctx, js, BucketLastUsed, "when each key was last used, per team", replicas); err != nil {
-		return nil, err
+	// Like the usage counts, last-used times are advisory and written
+	// often: asynchronously persisted.
+	if h.LastUsed, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:              LastUsedStream,
+		Description:       "when each key was last used (unix seconds), one message per key",
+		Subjects:          []string{LastUsedSubjectPrefix + ">"},
+		Storage:           jetstream.FileStorage,
+		Replicas:          replicas,
+		MaxMsgsPerSubject: 1,
+		Duplicates:        100 * time.Millisecond,
+		PersistMode:       asyncPersist(replicas),
+	}); err != nil {
+		return nil, fmt.Errorf("bus: last-used stream: %w", err)
 	}
 	h.Projector, err = js.CreateOrUpdateConsumer(ctx, EventStream, jetstream.ConsumerConfig{
 		Durable:       ProjectorConsumer,
@@ -255,8 +269,8 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Handles, error) {
 	if h.Usage, err = js.Stream(ctx, UsageStream); err != nil {
 		return nil, fmt.Errorf("bus: %s: %w", UsageStream, err)
 	}
-	if h.LastUsed, err = js.KeyValue(ctx, BucketLastUsed); err != nil {
-		return nil, fmt.Errorf("bus: %s: %w", BucketLastUsed, err)
+	if h.LastUsed, err = js.Stream(ctx, LastUsedStream); err != nil {
+		return nil, fmt.Errorf("bus: %s: %w", LastUsedStream, err)
 	}
 	if h.KeyIndex, err = js.ObjectStore(ctx, BucketKeyIndex); errors.Is(err, jetstream.ErrBucketNotFound) {
 		err = nil // made by older telkeys: validators then replay the events
@@ -297,7 +311,7 @@ func kvBucket(ctx context.Context, js jetstream.JetStream, name, desc string, re
 		Duplicates:  100 * time.Millisecond,
 		Discard:     jetstream.DiscardNew,
 		AllowDirect: false,
-		PersistMode: jetstream.AsyncPersistMode,
+		PersistMode: asyncPersist(replicas),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bus: bucket %s: %w", name, err)
@@ -307,6 +321,16 @@ func kvBucket(ctx context.Context, js jetstream.JetStream, name, desc string, re
 		return nil, fmt.Errorf("bus: bucket %s: %w", name, err)
 	}
 	return kv, nil
+}
+
+// asyncPersist is how derived and advisory data is stored: acknowledged
+// before it is flushed on a single server; replicated streams cannot do
+// that (error 10052) and are made durable by their replicas instead.
+func asyncPersist(replicas int) jetstream.PersistModeType {
+	if replicas > 1 {
+		return jetstream.DefaultPersistMode
+	}
+	return jetstream.AsyncPersistMode
 }
 
 // ErrStop ends ReadPending early without an error.

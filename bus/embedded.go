@@ -2,6 +2,7 @@ package bus
 
 import (
 	"errors"
+	"os"
 	"fmt"
 	"log/slog"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
@@ -20,6 +22,17 @@ type EmbeddedConfig struct {
 	DataDir string
 	// Addr is the client listener, host:port. Port 0 picks a free port.
 	Addr string
+	// Authority is whom the server trusts: only clients with credentials
+	// it signed may connect. Required: the bus is never open.
+	Authority *Authority
+	// TLSCert and TLSKey, both or neither, make the listener TLS only.
+	TLSCert, TLSKey string
+	// AllowPlaintext lets a listener that is not on loopback run without
+	// TLS: credentials and events would cross the network in clear.
+	AllowPlaintext bool
+	// NoFsync acknowledges writes before they reach the disk. Only for a
+	// bulk load that is thrown away if the machine fails (telkeys bench).
+	NoFsync bool
 	// Logger receives the server's log lines.
 	Logger *slog.Logger
 }
@@ -30,14 +43,33 @@ func (c EmbeddedConfig) Validate() error {
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data dir is required"))
 	}
-	if _, _, err := splitAddr(c.Addr); err != nil {
+	if c.Authority == nil {
+		errs = append(errs, errors.New("an authority is required: the embedded server never accepts anonymous clients"))
+	}
+	host, _, err := splitAddr(c.Addr)
+	if err != nil {
 		errs = append(errs, fmt.Errorf("nats addr %q: %w", c.Addr, err))
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		errs = append(errs, errors.New("--nats-tls-cert and --nats-tls-key go together"))
+	}
+	if err == nil && c.TLSCert == "" && !c.AllowPlaintext && !isLoopback(host) {
+		errs = append(errs, fmt.Errorf("--nats-addr %q is not on loopback: give --nats-tls-cert and --nats-tls-key, "+
+			"or --nats-allow-plaintext to send credentials and events over the network in clear", c.Addr))
 	}
 	return errors.Join(errs...)
 }
 
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
 // StartEmbedded starts a single nats-server with JetStream on file storage
-// and waits until it accepts connections.
+// and waits until it accepts connections. It trusts cfg.Authority only.
 //
 // Every write is fsynced before it is acknowledged (sync_interval: always):
 // with the default 2-minute interval, an OS crash or power loss can lose
@@ -51,14 +83,29 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 	if port == 0 {
 		port = server.RANDOM_PORT
 	}
-	opts := &server.Options{
-		ServerName: "telkeys",
-		Host:       host,
-		Port:       port,
-		JetStream:  true,
-		StoreDir:   filepath.Join(cfg.DataDir, "jetstream"),
-		SyncAlways: true,
-		NoSigs:     true, // telkeys handles signals and shuts the server down itself
+	auth, err := cfg.Authority.ServerConfig()
+	if err != nil {
+		return nil, err
+	}
+	opts := &server.Options{}
+	if err := opts.ProcessConfigString(auth); err != nil {
+		return nil, fmt.Errorf("bus: embedded server auth: %w", err)
+	}
+	opts.ServerName = "telkeys"
+	opts.Host, opts.Port = host, port
+	opts.JetStream = true
+	opts.StoreDir = filepath.Join(cfg.DataDir, "jetstream")
+	opts.SyncAlways = !cfg.NoFsync
+	opts.NoSigs = true // telkeys handles signals and shuts the server down itself
+	if cfg.TLSCert != "" {
+		opts.TLSConfig, err = server.GenTLSConfig(&server.TLSConfigOpts{CertFile: cfg.TLSCert, KeyFile: cfg.TLSKey})
+		if err != nil {
+			return nil, fmt.Errorf("bus: embedded server TLS: %w", err)
+		}
+		opts.TLS = true
+	}
+	if err := adoptAnonymousStore(opts.StoreDir, cfg.Authority.AccountID()); err != nil {
+		return nil, err
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
@@ -75,26 +122,98 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 	return ns, nil
 }
 
-// ConnectEmbedded opens an in-process connection to ns, bypassing TCP.
-func ConnectEmbedded(ns *server.Server, name string) (*nats.Conn, error) {
-	return nats.Connect("", nats.InProcessServer(ns), nats.Name(name), nats.MaxReconnects(-1))
+// adoptAnonymousStore moves the streams that a telkeys without
+// authentication stored for the anonymous global account ($G) to the
+// telkeys account, so that an existing data dir keeps its history.
+func adoptAnonymousStore(storeDir, account string) error {
+	old, now := filepath.Join(storeDir, "jetstream", "$G"), filepath.Join(storeDir, "jetstream", account)
+	if _, err := os.Stat(old); err != nil {
+		return nil
+	}
+	if _, err := os.Stat(now); err == nil {
+		return nil
+	}
+	if err := os.Rename(old, now); err != nil {
+		return fmt.Errorf("bus: moving the unauthenticated store to the telkeys account: %w", err)
+	}
+	return nil
 }
 
-// Connect dials an external server or cluster; urls is comma-separated.
-// It reconnects forever: telkeys is useless without NATS, and readiness
-// reports the outage.
-func Connect(urls, name string, log *slog.Logger) (*nats.Conn, error) {
-	return nats.Connect(urls,
-		nats.Name(name),
+// ClientConfig is how a telkeys process connects to NATS.
+type ClientConfig struct {
+	// URLs are the servers, comma-separated; or InProcess, an embedded
+	// server reached without TCP.
+	URLs      string
+	InProcess *server.Server
+	// Creds is a .creds file from "telkeys credentials"; CredsData the
+	// same bytes, for credentials minted in memory. The role they carry
+	// decides where replies arrive (InboxPrefix).
+	Creds     string
+	CredsData []byte
+	// CA is the file of the CA that signed the servers' TLS certificates;
+	// empty: the system's roots, for tls:// URLs.
+	CA   string
+	Name string
+	Log  *slog.Logger
+	// Options are added last, e.g. faster pings for a node.
+	Options []nats.Option
+}
+
+// Dial connects with credentials. It fails at once, saying which file and
+// why, when the credentials are missing, unreadable, malformed or expired,
+// or when the server refuses them. Once connected it reconnects forever:
+// telkeys is useless without NATS, and readiness reports the outage.
+func Dial(c ClientConfig) (*nats.Conn, error) {
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	data, source := c.CredsData, "credentials"
+	if data == nil {
+		if c.Creds == "" {
+			return nil, fmt.Errorf("%w: none given (--nats-creds; \"telkeys credentials\" writes them)", ErrCredentials)
+		}
+		var err error
+		if data, err = os.ReadFile(c.Creds); err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrCredentials, c.Creds, errors.Unwrap(err))
+		}
+		source = c.Creds
+	}
+	role, err := checkCredentials(data, source)
+	if err != nil {
+		return nil, err
+	}
+	token, _ := jwt.ParseDecoratedJWT(data)
+	kp, _ := jwt.ParseDecoratedUserNKey(data)
+	seed, _ := kp.Seed()
+	opts := []nats.Option{
+		nats.Name(c.Name),
+		nats.UserJWTAndSeed(token, string(seed)),
+		nats.CustomInboxPrefix(InboxPrefix(role)),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(250*time.Millisecond),
+		nats.ReconnectWait(250 * time.Millisecond),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			log.Warn("nats disconnected", "err", err)
+			if err != nil {
+				c.Log.Warn("nats disconnected", "err", err)
+			}
 		}),
-		nats.ReconnectHandler(func(c *nats.Conn) {
-			log.Info("nats reconnected", "url", c.ConnectedUrlRedacted())
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			c.Log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted())
 		}),
-	)
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			c.Log.Warn("nats", "err", err) // permission violations, slow consumers
+		}),
+	}
+	if c.CA != "" {
+		opts = append(opts, nats.RootCAs(c.CA))
+	}
+	if c.InProcess != nil {
+		opts = append(opts, nats.InProcessServer(c.InProcess))
+	}
+	nc, err := nats.Connect(c.URLs, append(opts, c.Options...)...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS as %s (%s): %w", role, source, err)
+	}
+	return nc, nil
 }
 
 func splitAddr(addr string) (string, int, error) {

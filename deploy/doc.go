@@ -1,6 +1,6 @@
-// Package deploy holds deployment files: NATS server configurations for a
-// three-node JetStream cluster behind any number of telkeys instances, and
-// the accounts that give auditors read-only access to the event history.
-// Its tests validate them with nats-server's own config parser, and run a
-// server with the accounts to prove the auditor cannot write.
+// Package deploy holds deployment files: the NATS server configurations of
+// a three-node JetStream cluster behind any number of telkeys instances,
+// locked like the embedded server (telkeys' NATS authority, one role per
+// client, TLS between machines). Its tests run the configurations as a
+// real cluster on loopback and prove every role's permissions there.
 package deploy

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/bus"
 )
 
 // The audit trail: GET /v1/audit/events and the telkeys audit commands,
@@ -75,7 +76,7 @@ func TestAuditCommands(t *testing.T) {
 	between := time.Now().UTC()
 	s.deleteKey("acme", k["id"].(string))
 	cli := func(args ...string) (int, string) {
-		code, out, errOut := runTelkeys(t, append(args, "--nats-url", s.NATSURL)...)
+		code, out, errOut := runTelkeys(t, append(args, "--nats-url", s.NATSURL, "--nats-creds", s.credsFor(bus.RoleAuditor))...)
 		return code, out + errOut
 	}
 	if code, out := cli("audit", "verify"); code != 0 || !strings.Contains(out, "intact: 3 events") {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/telapi/telkeys/bench"
+	"github.com/telapi/telkeys/bus"
 )
 
 // telkeys bench run as a command: its report, its usage, and what it
@@ -76,7 +77,7 @@ func TestBenchUsage(t *testing.T) {
 func TestBenchRefusesAServerWithEvents(t *testing.T) {
 	s := startService(t)
 	s.enableTeam("acme", 10)
-	code, _, stderr := runTelkeys(t, "bench", "--quick", "--nats-url", s.NATSURL)
+	code, _, stderr := runTelkeys(t, "bench", "--quick", "--nats-url", s.NATSURL, "--nats-creds", s.credsFor(bus.RoleService))
 	if code != 1 || !strings.Contains(stderr, "already holds 1 events") {
 		t.Fatalf("exit %d, stderr:\n%s", code, stderr)
 	}

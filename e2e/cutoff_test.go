@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/bus/bustest"
 	"github.com/telapi/telkeys/keyauth"
 	"github.com/telapi/telkeys/node"
@@ -23,8 +24,8 @@ func TestNodeCutOffFromNATS(t *testing.T) {
 	s := startService(t)
 	proxy := cutOffNATS(t, s)
 	const staleness = 2 * time.Second
-	addr := startNodeInProcess(t, node.Config{NATSURL: "nats://" + proxy.addr, HTTPAddr: "127.0.0.1:0",
-		MaxStaleness: staleness, Name: "cutoff-node"})
+	addr := startNodeInProcess(t, node.Config{NATSURL: "nats://" + proxy.addr, NATSCreds: s.credsFor(bus.RoleNode),
+		HTTPAddr: "127.0.0.1:0", MaxStaleness: staleness, Name: "cutoff-node"})
 	n := newNodeAPI(t, "cutoff-node", addr)
 
 	s.configureTeam("acme", true, 100, nil)
@@ -154,8 +155,8 @@ func TestReconnectNeverAnswersFromStaleState(t *testing.T) {
 	s := startService(t)
 	proxy := cutOffNATS(t, s)
 	// The node's connection settings (package node).
-	nc, err := nats.Connect("nats://"+proxy.addr, nats.MaxReconnects(-1),
-		nats.ReconnectWait(250*time.Millisecond), nats.PingInterval(2*time.Second), nats.MaxPingsOutstanding(2))
+	nc, err := bus.Dial(bus.ClientConfig{URLs: "nats://" + proxy.addr, Creds: s.credsFor(bus.RoleNode),
+		Options: []nats.Option{nats.PingInterval(2 * time.Second), nats.MaxPingsOutstanding(2)}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -83,6 +83,8 @@ type testService struct {
 	logs *bustest.LogBuffer
 	auth *auth.Authority
 	base string
+	// natsCreds are service credentials for the service's NATS.
+	natsCreds string
 }
 
 // startService starts telkeys with a real embedded JetStream server and a
@@ -104,7 +106,10 @@ func startService(t testing.TB, mods ...func(*service.Config)) *testService {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &testService{Service: svc, t: t, cfg: cfg, logs: logs, auth: newAuthority(t), base: "http://" + svc.HTTPAddr}
+	s := &testService{Service: svc, t: t, cfg: cfg, logs: logs, auth: newAuthority(t), base: "http://" + svc.HTTPAddr, natsCreds: cfg.NATSCreds}
+	if cfg.NATSURL == "" {
+		s.natsCreds = natsCreds(t, cfg.DataDir, bus.RoleService)
+	}
 	t.Cleanup(func() {
 		// Connections the client dialed but never used would hold the
 		// graceful shutdown until its timeout.
@@ -345,16 +350,39 @@ func (s *testService) deleteKey(team, id string) {
 	}
 }
 
-// js connects to the service's NATS as a separate client.
+// js connects to the service's NATS as a separate client, with service
+// credentials.
 func (s *testService) js() jetstream.JetStream {
 	s.t.Helper()
-	return jetStream(s.t, s.NATSURL)
+	_, js := bustest.ConnectURL(s.t, s.NATSURL, s.natsCreds)
+	return js
 }
 
-func jetStream(t testing.TB, natsURL string) jetstream.JetStream {
+// credsFor writes credentials of role for the service's embedded NATS.
+func (s *testService) credsFor(role bus.Role) string {
+	s.t.Helper()
+	if s.cfg.NATSURL != "" || s.cfg.DataDir == "" {
+		s.t.Fatal("credsFor: this service does not run the NATS server")
+	}
+	return natsCreds(s.t, s.cfg.DataDir, role)
+}
+
+// sharingNATSOf makes a service use a's embedded NATS, as a second
+// instance would, with service credentials.
+func sharingNATSOf(a *testService) func(*service.Config) {
+	creds := a.credsFor(bus.RoleService)
+	return func(c *service.Config) { c.NATSURL, c.NATSCreds = a.NATSURL, creds }
+}
+
+// natsCreds writes credentials of role signed by the NATS authority that
+// telkeys serve keeps in dataDir.
+func natsCreds(t testing.TB, dataDir string, role bus.Role) string {
 	t.Helper()
-	_, js := bustest.ConnectURL(t, natsURL)
-	return js
+	a, err := bus.LoadAuthority(bus.AuthDir(dataDir), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bustest.Creds(t, a, role)
 }
 
 // eventCount is the number of messages in the event stream.

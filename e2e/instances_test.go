@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/bus/bustest"
 	"github.com/telapi/telkeys/service"
 )
@@ -18,7 +19,7 @@ import (
 func startPair(t *testing.T) (a, b *testService) {
 	t.Helper()
 	a = startService(t)
-	b = startService(t, func(c *service.Config) { c.NATSURL = a.NATSURL })
+	b = startService(t, sharingNATSOf(a))
 	return a, b
 }
 
@@ -99,8 +100,9 @@ func TestReadYourWritesAcrossInstances(t *testing.T) {
 // Two instances on an external NATS: when one stops, the other's projector
 // takes over (the consumer's pin moves) and keeps the read models current.
 func TestProjectionFailsOverWhenAnInstanceStops(t *testing.T) {
-	ns := bustest.Server(t)
-	external := func(c *service.Config) { c.NATSURL = ns.ClientURL() }
+	ns := bustest.NewServer(t)
+	creds := bustest.Creds(t, ns.Authority, bus.RoleService)
+	external := func(c *service.Config) { c.NATSURL, c.NATSCreds = ns.ClientURL(), creds }
 	a, b := startService(t, external), startService(t, external)
 	a.enableTeam("acme", 100)
 	tok := a.token(auth.RoleMember, "acme")

@@ -201,13 +201,14 @@ type telkeysProcess struct {
 	*process
 	base    string
 	natsURL string
+	dataDir string
 }
 
 func startTelkeysProcess(t *testing.T, dataDir string) *telkeysProcess {
 	t.Helper()
 	p := startProcess(t, "telkeys on "+dataDir, bin.telkeys, "serve", "--data-dir", dataDir, "--http-addr", "127.0.0.1:0",
 		"--nats-addr", "127.0.0.1:0", "--auth-secret", testSecret, "--log-format", "json")
-	c := &telkeysProcess{process: p, base: "http://" + p.waitListening(t, 60*time.Second)}
+	c := &telkeysProcess{process: p, base: "http://" + p.waitListening(t, 60*time.Second), dataDir: dataDir}
 	// telkeys logs the NATS URL before it listens for HTTP.
 	if c.natsURL = p.logs.NATSURL(); c.natsURL == "" {
 		t.Fatal("telkeys did not log its embedded NATS client_url before listening")

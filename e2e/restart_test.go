@@ -112,7 +112,7 @@ func TestSIGKILLDuringCreates(t *testing.T) {
 
 	// The stream: no duplicate events or keys, every chain intact, and the
 	// read model lists exactly the keys the events created.
-	created := checkEventStream(t, c2.natsURL)
+	created := checkEventStream(t, c2)
 	if len(created) != len(listed) {
 		t.Fatalf("%d KeyCreated events, %d keys listed", len(created), len(listed))
 	}
@@ -125,9 +125,10 @@ func TestSIGKILLDuringCreates(t *testing.T) {
 
 // checkEventStream reads every event, checks ids are unique and every
 // aggregate's chain is intact, and returns the ids of created keys.
-func checkEventStream(t *testing.T, natsURL string) map[string]bool {
+func checkEventStream(t *testing.T, c *telkeysProcess) map[string]bool {
 	t.Helper()
-	msgs := allMessages(t, jetStream(t, natsURL), bus.EventStream)
+	_, js := bustest.ConnectURL(t, c.natsURL, natsCreds(t, c.dataDir, bus.RoleAuditor))
+	msgs := allMessages(t, js, bus.EventStream)
 	seen := map[string]bool{}
 	last := map[string][]byte{}
 	created := map[string]bool{}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/bus"
 )
 
 // Revocation across processes, and every status a node maps a key check
@@ -68,7 +69,7 @@ func startNodeCluster(t *testing.T, n int) (*testService, []*nodeAPI) {
 	c := startTelkeysProcess(t, t.TempDir())
 	nodes := make([]*process, n)
 	for i := range nodes {
-		nodes[i] = startNodeProcess(t, fmt.Sprintf("node-%d", i+1), "--nats-url", c.natsURL,
+		nodes[i] = startNodeProcess(t, fmt.Sprintf("node-%d", i+1), "--nats-url", c.natsURL, "--nats-creds", natsCreds(t, c.dataDir, bus.RoleNode),
 			"--http-addr", "127.0.0.1:0", "--max-staleness", "5s", "--webhook-secret", webhookSecret)
 	}
 	s := serviceAt(t, c.base)

@@ -38,7 +38,7 @@ func newRig(t testing.TB) *rig { return &rig{Core: coretest.Start(t), t: t} }
 
 func (r *rig) validator(cfg keyauth.Config) *keyauth.Validator {
 	r.t.Helper()
-	nc, _ := bustest.Connect(r.t, r.NS)
+	nc, _ := r.NS.ConnectAs(r.t, bus.RoleNode)
 	return r.validatorOn(nc, cfg)
 }
 
@@ -192,8 +192,9 @@ func TestVerifyRacingDelete(t *testing.T) {
 			}()
 		}
 		loading := make(chan *keyauth.Validator, 1)
+		creds := bustest.Creds(t, r.NS.Authority, bus.RoleNode)
 		go func() {
-			nc, err := nats.Connect(r.NS.ClientURL())
+			nc, err := bus.Dial(bus.ClientConfig{URLs: r.NS.ClientURL(), Creds: creds})
 			if err != nil {
 				loading <- nil
 				return

@@ -17,6 +17,14 @@ import (
 	"github.com/telapi/telkeys/projections"
 )
 
+// indexWriter is a validator on a service connection, as in telkeys
+// serve: only the service may write the key index.
+func (r *rig) indexWriter() *keyauth.Validator {
+	r.t.Helper()
+	nc, _ := bustest.Connect(r.t, r.NS)
+	return r.validatorOn(nc, keyauth.Config{})
+}
+
 // indexRig has a history with every kind of change, part of it before the
 // key index and part after.
 type indexRig struct {
@@ -36,7 +44,7 @@ func newIndexRig(t *testing.T) *indexRig {
 		r.keys = append(r.keys, r.create(team, apps))
 	}
 	r.del("acme", r.keys[0].Key.ID)
-	r.writer = r.validator(keyauth.Config{})
+	r.writer = r.indexWriter()
 	wait(t, r.writer, r.del("beta", r.keys[1].Key.ID)) // odd index, deleted before the index
 	seq, err := r.writer.WriteKeyIndex(context.Background(), 1)
 	if err != nil {
@@ -172,36 +180,13 @@ func TestLastUsedFlushesOnlyUsedKeys(t *testing.T) {
 	}
 }
 
-// TestLastUsedReadsLegacyEntries: times written per team by earlier
-// versions still show, and a later per-key time wins over them.
-func TestLastUsedReadsLegacyEntries(t *testing.T) {
-	r := newRig(t)
-	ctx := context.Background()
-	if _, err := r.H.LastUsed.Put(ctx, "acme", []byte(`{"key_old":100,"key_both":50}`)); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.H.LastUsed.Put(ctx, bus.LastUsedKey("acme", "key_both"), []byte("200")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.H.LastUsed.Put(ctx, bus.LastUsedKey("acme2", "key_other"), []byte("300")); err != nil {
-		t.Fatal(err)
-	}
-	got, err := projections.NewReadModel(r.H).LastUsed(ctx, "acme")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(got) != 2 || got["key_old"] != 100 || got["key_both"] != 200 {
-		t.Fatalf("last used %v", got)
-	}
-}
-
 // TestKeyIndexWhileEventsApply: indexes written while keys are created and
 // deleted are each a consistent cut: a validator started from the last one
 // answers like the validator that saw every event.
 func TestKeyIndexWhileEventsApply(t *testing.T) {
 	r := &indexRig{rig: newRig(t)}
 	r.configure("acme", true, []string{apps}, nil)
-	r.writer = r.validator(keyauth.Config{})
+	r.writer = r.indexWriter()
 	done := make(chan struct{})
 	var writes int
 	go func() {

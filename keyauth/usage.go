@@ -343,7 +343,7 @@ func (v *Validator) flushLastUsed(ctx context.Context) {
 			if lu <= k.flushed {
 				continue
 			}
-			subject := bus.KVSubject(bus.BucketLastUsed, bus.LastUsedKey(k.team.name, k.id))
+			subject := bus.LastUsedSubject(k.team.name, k.id)
 			f, err := v.js.PublishAsync(subject, strconv.AppendInt(nil, lu, 10))
 			if err != nil {
 				failed++

@@ -24,11 +24,7 @@ func usageSetup(t *testing.T, limit *int64) (*coretest.Core, commands.CreatedKey
 // flushedByHand is a validator on its own connection whose periodic usage
 // flush never comes: the test calls flushUsage itself.
 func flushedByHand(t *testing.T, r *coretest.Core) *Validator {
-	nc, err := nats.Connect(r.NC.ConnectedUrl())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc, _ := r.NS.ConnectAs(t, bus.RoleNode)
 	v, err := New(context.Background(), nc, Config{UsageFlush: time.Hour})
 	if err != nil {
 		t.Fatal(err)
@@ -148,11 +144,7 @@ func TestCountsOfSeveralMidnightsAreKept(t *testing.T) {
 // nothing, so it must not answer from what it last knew.
 func TestClosedValidatorAnswersUnavailable(t *testing.T) {
 	r, k := usageSetup(t, nil)
-	nc, err := nats.Connect(r.NC.ConnectedUrl())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc, _ := r.NS.ConnectAs(t, bus.RoleNode)
 	for _, failOpen := range []bool{false, true} {
 		v, err := New(context.Background(), nc, Config{FailOpen: failOpen})
 		if err != nil {

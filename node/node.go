@@ -26,12 +26,17 @@ import (
 	"github.com/telapi/telkeys/api/listener"
 	"github.com/telapi/telkeys/api/problem"
 	"github.com/telapi/telkeys/apikey"
+	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/keyauth"
 )
 
 // Config is every setting of the node.
 type Config struct {
-	NATSURL       string
+	NATSURL string
+	// NATSCreds are node credentials (telkeys credentials --role node);
+	// NATSCA the CA of the servers' TLS certificates, if not the system's.
+	NATSCreds     string
+	NATSCA        string
 	HTTPAddr      string
 	Name          string
 	MaxStaleness  time.Duration
@@ -64,8 +69,12 @@ func Serve(ctx context.Context, c Config, log *slog.Logger) error {
 		_, _ = rand.Read(b[:])
 		c.WebhookSecret = hex.EncodeToString(b[:])
 	}
-	nc, err := nats.Connect(c.NATSURL, nats.Name("telapi-node "+c.Name), nats.MaxReconnects(-1),
-		nats.ReconnectWait(250*time.Millisecond), nats.PingInterval(2*time.Second), nats.MaxPingsOutstanding(2))
+	// Pings every 2 s notice a dead connection within about 6 s, so the
+	// node stops answering VALID from a state it can no longer refresh.
+	nc, err := bus.Dial(bus.ClientConfig{
+		URLs: c.NATSURL, Creds: c.NATSCreds, CA: c.NATSCA, Name: "telapi-node " + c.Name, Log: log,
+		Options: []nats.Option{nats.PingInterval(2 * time.Second), nats.MaxPingsOutstanding(2)},
+	})
 	if err != nil {
 		return err
 	}

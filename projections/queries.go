@@ -2,7 +2,6 @@ package projections
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -17,9 +16,12 @@ import (
 )
 
 // ReadModel answers queries from the KV read models.
-type ReadModel struct{ kv, lastUsed jetstream.KeyValue }
+type ReadModel struct {
+	kv       jetstream.KeyValue
+	lastUsed jetstream.Stream
+}
 
-// NewReadModel returns a ReadModel over the read-model and last-used buckets.
+// NewReadModel returns a ReadModel over the read-model bucket and the last-used stream.
 func NewReadModel(h *bus.Handles) *ReadModel {
 	return &ReadModel{kv: h.ReadModel, lastUsed: h.LastUsed}
 }
@@ -96,36 +98,22 @@ func (r *ReadModel) KeyByHash(ctx context.Context, hash string) (KeyRecord, bool
 }
 
 // LastUsed returns when each of a team's keys was last used, in unix
-// seconds by key id, as the validators flushed it: one entry per key, and
-// the per-team entry that versions before per-key entries wrote.
+// seconds by key id, as the validators reported it.
 func (r *ReadModel) LastUsed(ctx context.Context, team string) (map[string]int64, error) {
 	out := map[string]int64{}
-	e, err := r.lastUsed.Get(ctx, team)
-	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-	case err != nil:
-		return nil, err
-	default:
-		_ = json.Unmarshal(e.Value(), &out) // an unreadable legacy entry only loses old times
-	}
-	w, err := r.lastUsed.Watch(ctx, bus.LastUsedKey(team, ">"), jetstream.IgnoreDeletes())
+	cons, err := r.lastUsed.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{bus.LastUsedSubject(team, ">")},
+	})
 	if err != nil {
 		return nil, err
 	}
-	defer w.Stop()
-	prefix := bus.LastUsedKey(team, "")
-	for {
-		select {
-		case e := <-w.Updates():
-			if e == nil { // every current entry seen
-				return out, nil
-			}
-			at, err := strconv.ParseInt(string(e.Value()), 10, 64)
-			if id := strings.TrimPrefix(e.Key(), prefix); err == nil && at > out[id] {
-				out[id] = at
-			}
-		case <-ctx.Done():
-			return nil, ctx.Err()
+	prefix := bus.LastUsedSubject(team, "")
+	err = bus.ReadPending(ctx, cons, func(m jetstream.Msg, _ *jetstream.MsgMetadata) error {
+		at, err := strconv.ParseInt(string(m.Data()), 10, 64)
+		if id := strings.TrimPrefix(m.Subject(), prefix); err == nil && at > out[id] {
+			out[id] = at
 		}
-	}
+		return nil
+	})
+	return out, err
 }

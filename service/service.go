@@ -33,10 +33,21 @@ import (
 
 // Config is every setting of telkeys serve.
 type Config struct {
-	DataDir    string
-	HTTPAddr   string
-	NATSAddr   string
+	DataDir  string
+	HTTPAddr string
+	// NATSAddr is the embedded server's client listener; NATSTLSCert and
+	// NATSTLSKey make it TLS only, and NATSAllowPlaintext lets it run
+	// without TLS off loopback.
+	NATSAddr           string
+	NATSTLSCert        string
+	NATSTLSKey         string
+	NATSAllowPlaintext bool
+	// NATSURL names an external server or cluster instead, reached with
+	// the service credentials in NATSCreds, trusting NATSCA's TLS
+	// certificates.
 	NATSURL    string
+	NATSCreds  string
+	NATSCA     string
 	Replicas   int
 	AuthSecret string
 	DevLogin   bool
@@ -51,12 +62,14 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("--http-addr %q: %w", c.HTTPAddr, err))
 	}
 	if c.NATSURL == "" {
-		if err := (bus.EmbeddedConfig{DataDir: c.DataDir, Addr: c.NATSAddr}).Validate(); err != nil {
+		if err := c.embedded(&bus.Authority{}).Validate(); err != nil {
 			errs = append(errs, err)
 		}
 		if c.Replicas > 1 {
 			errs = append(errs, errors.New("--replicas above 1 needs a NATS cluster (--nats-url); the embedded server is a single node"))
 		}
+	} else if c.NATSCreds == "" {
+		errs = append(errs, errors.New("--nats-url needs --nats-creds: service credentials from \"telkeys credentials --role service\""))
 	}
 	if c.Replicas < 1 || c.Replicas > 5 {
 		errs = append(errs, errors.New("--replicas must be between 1 and 5"))
@@ -68,6 +81,14 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("--auth-secret must be at least %d bytes", auth.MinSecretLen))
 	}
 	return errors.Join(errs...)
+}
+
+// embedded is the embedded server's configuration.
+func (c Config) embedded(a *bus.Authority) bus.EmbeddedConfig {
+	return bus.EmbeddedConfig{
+		DataDir: c.DataDir, Addr: c.NATSAddr, Authority: a,
+		TLSCert: c.NATSTLSCert, TLSKey: c.NATSTLSKey, AllowPlaintext: c.NATSAllowPlaintext,
+	}
 }
 
 // Run starts telkeys and serves until ctx ends or the HTTP server fails,
@@ -174,24 +195,32 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (svc *Service, err
 }
 
 // connect starts the embedded server, unless cfg names an external one,
-// and connects to it.
+// and connects to it with service credentials. The embedded server trusts
+// the authority kept in the data dir, made on first start.
 func (s *Service) connect(ctx context.Context, cfg Config) (jetstream.JetStream, error) {
-	var err error
+	client := bus.ClientConfig{Name: "telkeys", Log: s.log}
 	if cfg.NATSURL == "" {
-		s.ns, err = bus.StartEmbedded(bus.EmbeddedConfig{DataDir: cfg.DataDir, Addr: cfg.NATSAddr, Logger: s.log})
+		authority, err := bus.LoadAuthority(bus.AuthDir(cfg.DataDir), true)
 		if err != nil {
 			return nil, err
 		}
+		if s.ns, err = bus.StartEmbedded(cfg.embedded(authority)); err != nil {
+			return nil, err
+		}
 		s.NATSURL = s.ns.ClientURL()
-		s.nc, err = bus.ConnectEmbedded(s.ns, "telkeys")
+		if client.CredsData, err = authority.Credentials(bus.RoleService, s.name, 0); err != nil {
+			return nil, err
+		}
+		client.InProcess = s.ns
 		s.log.Warn("embedded NATS server started; every write is fsynced before it is acknowledged",
-			"client_url", s.NATSURL, "store", cfg.DataDir)
+			"client_url", s.NATSURL, "store", cfg.DataDir, "tls", cfg.NATSTLSCert != "")
 	} else {
 		s.NATSURL = cfg.NATSURL
-		s.nc, err = bus.Connect(cfg.NATSURL, "telkeys", s.log)
+		client.URLs, client.Creds, client.CA = cfg.NATSURL, cfg.NATSCreds, cfg.NATSCA
 	}
-	if err != nil {
-		return nil, fmt.Errorf("connect to NATS: %w", err)
+	var err error
+	if s.nc, err = bus.Dial(client); err != nil {
+		return nil, err
 	}
 	return jetstream.New(s.nc)
 }

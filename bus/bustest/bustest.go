@@ -1,10 +1,12 @@
 // Package bustest starts real embedded JetStream servers for tests: a
-// random port, a store in t.TempDir(), fsync always, shut down by Cleanup.
+// random port, a store in t.TempDir(), fsync always, authentication on,
+// shut down by Cleanup.
 package bustest
 
 import (
 	"bytes"
 	"context"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -16,27 +18,63 @@ import (
 	"github.com/telapi/telkeys/bus"
 )
 
-// Server starts an embedded server listening on a random loopback port.
-func Server(t testing.TB) *server.Server {
+// Server is an embedded server that, like telkeys' own, trusts only its
+// authority: every client connects with credentials of a role.
+type Server struct {
+	*server.Server
+	Authority *bus.Authority
+	dir       string
+}
+
+// NewServer starts an embedded server listening on a random loopback
+// port, with a new authority.
+func NewServer(t testing.TB) *Server {
 	t.Helper()
-	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{DataDir: t.TempDir(), Addr: "127.0.0.1:0"})
+	dir := t.TempDir()
+	a, err := bus.LoadAuthority(bus.AuthDir(dir), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{DataDir: dir, Addr: "127.0.0.1:0", Authority: a})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	return ns
+	return &Server{Server: ns, Authority: a, dir: dir}
 }
 
-// Connect opens a TCP connection to ns, closed by Cleanup.
-func Connect(t testing.TB, ns *server.Server) (*nats.Conn, jetstream.JetStream) {
+// Creds writes credentials of role, signed by a, and returns their file.
+func Creds(t testing.TB, a *bus.Authority, role bus.Role) string {
 	t.Helper()
-	return ConnectURL(t, ns.ClientURL())
+	data, err := a.Credentials(role, "test-"+string(role), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), string(role)+".creds")
+	if err := bus.WriteFile(path, data); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
-// ConnectURL opens a connection to a server by URL, closed by Cleanup.
-func ConnectURL(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
+// Connect opens a TCP connection to s as the service, closed by Cleanup.
+func Connect(t testing.TB, s *Server) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	return ConnectURL(t, s.ClientURL(), Creds(t, s.Authority, bus.RoleService))
+}
+
+// ConnectAs opens a TCP connection to s as role.
+func (s *Server) ConnectAs(t testing.TB, role bus.Role) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	return ConnectURL(t, s.ClientURL(), Creds(t, s.Authority, role))
+}
+
+// ConnectURL opens a connection to a server by URL with the credentials
+// in creds, closed by Cleanup.
+func ConnectURL(t testing.TB, url, creds string) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := bus.Dial(bus.ClientConfig{URLs: url, Creds: creds,
+		Options: []nats.Option{nats.ReconnectWait(50 * time.Millisecond)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,10 +86,11 @@ func ConnectURL(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
 	return nc, js
 }
 
-// Setup starts a server, connects and creates every stream and bucket.
-func Setup(t testing.TB) (*server.Server, *nats.Conn, *bus.Handles) {
+// Setup starts a server, connects as the service and creates every
+// stream and bucket.
+func Setup(t testing.TB) (*Server, *nats.Conn, *bus.Handles) {
 	t.Helper()
-	ns := Server(t)
+	ns := NewServer(t)
 	nc, js := Connect(t, ns)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

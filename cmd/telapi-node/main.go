@@ -37,6 +37,8 @@ func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("telapi-node", flag.ContinueOnError)
 	var c node.Config
 	fs.StringVar(&c.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server(s) of telkeys, comma-separated")
+	fs.StringVar(&c.NATSCreds, "nats-creds", "", "node credentials (telkeys credentials --role node); required")
+	fs.StringVar(&c.NATSCA, "nats-ca", "", "CA (PEM) that signed the NATS servers' TLS certificates")
 	fs.StringVar(&c.HTTPAddr, "http-addr", ":8081", "address of the node's HTTP API")
 	fs.StringVar(&c.Name, "name", "", "node name, unique among nodes (default: random)")
 	fs.DurationVar(&c.MaxStaleness, "max-staleness", 10*time.Second, "answer 503 after hearing nothing from telkeys for this long")

@@ -22,12 +22,12 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telapi/telkeys/audit"
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/bench"
+	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/cli"
 	"github.com/telapi/telkeys/commands"
 	"github.com/telapi/telkeys/events"
@@ -40,6 +40,9 @@ Usage:
   telkeys serve [flags]   run the service; with no flags it starts an embedded
                           NATS server with its data in ./data and the HTTP API on :8080
   telkeys token [flags]   print a bearer token signed with the service's secret
+  telkeys credentials --role service|node|auditor --out FILE
+                          write NATS credentials for a telkeys instance, a TelAPI
+                          node or an auditor (or --nats-config: a cluster's auth)
   telkeys audit events|verify|state [flags]
                           replay, verify and reconstruct the event history (read only)
   telkeys bench [--quick] [--json] [--only a,b]
@@ -66,6 +69,8 @@ func main() {
 		err = serve(ctx, args[1:])
 	case "token":
 		err = token(args[1:])
+	case "credentials":
+		err = credentials(args[1:])
 	case "audit":
 		err = auditCmd(ctx, args[1:])
 	case "bench":
@@ -85,7 +90,12 @@ func serve(ctx context.Context, args []string) error {
 	fs.StringVar(&c.DataDir, "data-dir", "./data", "directory for the embedded NATS store and the generated auth secret")
 	fs.StringVar(&c.HTTPAddr, "http-addr", ":8080", "address of the HTTP API and web UI")
 	fs.StringVar(&c.NATSAddr, "nats-addr", "127.0.0.1:4222", "client listener of the embedded NATS server, for local TelAPI nodes (port 0 picks one)")
+	fs.StringVar(&c.NATSTLSCert, "nats-tls-cert", "", "TLS certificate (PEM) of the embedded server's client listener; with --nats-tls-key")
+	fs.StringVar(&c.NATSTLSKey, "nats-tls-key", "", "TLS key (PEM) of the embedded server's client listener")
+	fs.BoolVar(&c.NATSAllowPlaintext, "nats-allow-plaintext", false, "let a --nats-addr off loopback run without TLS (credentials and events in clear)")
 	fs.StringVar(&c.NATSURL, "nats-url", "", "comma-separated URLs of an external NATS server or cluster; when set, no embedded server starts")
+	fs.StringVar(&c.NATSCreds, "nats-creds", "", "service credentials for --nats-url (telkeys credentials --role service)")
+	fs.StringVar(&c.NATSCA, "nats-ca", "", "CA (PEM) that signed the NATS servers' TLS certificates, for --nats-url")
 	fs.IntVar(&c.Replicas, "replicas", 1, "replicas of every stream and bucket (3 or 5 on a cluster)")
 	fs.StringVar(&c.AuthSecret, "auth-secret", "", "HS256 secret for bearer tokens, at least 32 bytes; if empty, one is generated once into --data-dir")
 	fs.BoolVar(&c.DevLogin, "dev-login", false, "DEVELOPMENT ONLY: let anyone sign in to the web UI as any role and team, without a token")
@@ -139,17 +149,59 @@ func token(args []string) error {
 	return err
 }
 
+func credentials(args []string) error {
+	fs := flag.NewFlagSet("credentials", flag.ContinueOnError)
+	dataDir := fs.String("data-dir", "./data", "data directory of the service, where its NATS authority is kept (made if missing)")
+	role := fs.String("role", "", "service, node or auditor")
+	out := fs.String("out", "", "file to write the credentials to (mode 0600)")
+	name := fs.String("name", "", "who holds them, as the server will log it (default \"<role>\")")
+	ttl := fs.Duration("ttl", 0, "how long they are valid, e.g. 720h; 0: until the authority changes")
+	natsConfig := fs.String("nats-config", "", "instead: write the server configuration that trusts this authority, to include in every NATS node's config")
+	intro := "Usage: telkeys credentials --role R --out FILE [--name N] [--ttl D]\n" +
+		"       telkeys credentials --nats-config FILE\n\n" +
+		"Writes NATS credentials (a .creds file, as the nats CLI's --creds takes) signed by the\n" +
+		"NATS authority in --data-dir: the one \"telkeys serve\" made on its first start, or a\n" +
+		"new one. Each role may do only what it needs (see the README, Security). With\n" +
+		"--nats-config it writes the authorization block of a NATS cluster instead.\n"
+	if err := cli.Parse(fs, args, os.Stderr, envPrefix, intro); err != nil {
+		return err
+	}
+	if (*natsConfig == "") == (*out == "" || *role == "") {
+		return cli.Usage(errors.New("give --role and --out, or --nats-config"))
+	}
+	a, err := bus.LoadAuthority(bus.AuthDir(*dataDir), true)
+	if err != nil {
+		return err
+	}
+	if *natsConfig != "" {
+		conf, err := a.ServerConfig()
+		if err != nil {
+			return err
+		}
+		return bus.WriteFile(*natsConfig, []byte(conf))
+	}
+	if *name == "" {
+		*name = *role
+	}
+	creds, err := a.Credentials(bus.Role(*role), *name, *ttl)
+	if err != nil {
+		return cli.Usage(err)
+	}
+	return bus.WriteFile(*out, creds)
+}
+
 const auditUsage = `Usage:
-  telkeys audit events [--nats-url U] [--team T] [--type X] [--since t] [--until t] [--format table|jsonl|csv]
-  telkeys audit verify [--nats-url U]
-  telkeys audit state  --at <RFC3339> [--team T] [--format table|json] [--nats-url U]
+  telkeys audit events [--nats-url U] --nats-creds F [--team T] [--type X] [--since t] [--until t] [--format table|jsonl|csv]
+  telkeys audit verify [--nats-url U] --nats-creds F
+  telkeys audit state  --at <RFC3339> [--team T] [--format table|json] [--nats-url U] --nats-creds F
 
 events  streams the history in order: sequence, time, actor, type, aggregate, payload.
 verify  recomputes every hash and prev link and checks sequences; exit 0 if intact,
         1 with the first broken event otherwise.
 state   replays up to --at and shows team configs, the keys active then, and the flags.
 
-Auditors need read access to the event stream only (see deploy/nats/accounts.conf).
+Auditors need read access to the event stream only: credentials of the auditor role
+(telkeys credentials --role auditor --out auditor.creds).
 `
 
 func auditCmd(ctx context.Context, args []string) error {
@@ -161,7 +213,9 @@ func auditCmd(ctx context.Context, args []string) error {
 		return nil
 	}
 	fs := flag.NewFlagSet("audit "+args[0], flag.ContinueOnError)
-	url := fs.String("nats-url", "nats://127.0.0.1:4222", "NATS server(s), comma-separated; credentials as nats://user:password@host:port")
+	url := fs.String("nats-url", "nats://127.0.0.1:4222", "NATS server(s), comma-separated")
+	creds := fs.String("nats-creds", "", "auditor credentials (telkeys credentials --role auditor); required")
+	ca := fs.String("nats-ca", "", "CA (PEM) that signed the NATS servers' TLS certificates")
 	team := fs.String("team", "", "only this team's events")
 	typ := fs.String("type", "", "only events of this type: PlatformFlagSet, TeamAccessConfigured, KeyCreated, KeyDeleted")
 	since := fs.String("since", "", "only events stored at or after this RFC 3339 time")
@@ -179,9 +233,9 @@ func auditCmd(ctx context.Context, args []string) error {
 	if f.Until, err = parseTime("--until", *until); err != nil {
 		return err
 	}
-	nc, err := nats.Connect(*url, nats.Name("telkeys audit"))
+	nc, err := bus.Dial(bus.ClientConfig{URLs: *url, Creds: *creds, CA: *ca, Name: "telkeys audit"})
 	if err != nil {
-		return fmt.Errorf("connect to NATS: %w", err)
+		return err
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
@@ -238,10 +292,11 @@ func benchCmd(ctx context.Context, args []string) error {
 	if len(args) > 0 && args[0] == "node" {
 		fs := flag.NewFlagSet("bench node", flag.ContinueOnError)
 		url := fs.String("nats-url", "nats://127.0.0.1:4222", "NATS server of the telkeys to measure against")
+		creds := fs.String("nats-creds", "", "node credentials (telkeys credentials --role node)")
 		if err := cli.Parse(fs, args[1:], os.Stderr, envPrefix, bench.NodeUsage); err != nil {
 			return err
 		}
-		return bench.RunNode(ctx, *url, os.Stdin, os.Stdout)
+		return bench.RunNode(ctx, *url, *creds, os.Stdin, os.Stdout)
 	}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	var c bench.Config
@@ -249,6 +304,7 @@ func benchCmd(ctx context.Context, args []string) error {
 	fs.BoolVar(&c.JSON, "json", false, "print the report as JSON instead of a table")
 	fs.StringVar(&c.Only, "only", "", "comma-separated scenarios to run (default: all): "+strings.Join(bench.Scenarios, ","))
 	fs.StringVar(&c.NATSURL, "nats-url", "", "use this NATS server instead of an embedded one; it must hold no telkeys events")
+	fs.StringVar(&c.NATSCreds, "nats-creds", "", "service credentials for --nats-url")
 	fs.IntVar(&c.Keys, "keys", 0, "keys to store (default 1000000, or 10000 with --quick)")
 	fs.DurationVar(&c.Duration, "duration", 0, "length of each HTTP load (default 10s, or 1s with --quick)")
 	fs.IntVar(&c.Deletes, "deletes", 0, "keys to delete in revoke (default 1000, or 50 with --quick)")

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -29,7 +28,7 @@ var (
 // Core is a running core. Its projector runs until Stop or the test ends.
 type Core struct {
 	T       testing.TB
-	NS      *server.Server
+	NS      *bustest.Server
 	NC      *nats.Conn
 	JS      jetstream.JetStream
 	H       *bus.Handles

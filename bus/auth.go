@@ -1,0 +1,308 @@
+package bus
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nkeys"
+)
+
+// The bus is locked with NATS's decentralized JWT authentication: an
+// operator signs the telkeys account, the account signs one user JWT per
+// set of credentials, and each user JWT carries its role's permissions
+// (the table in Grants). The server trusts the operator and nothing else,
+// so an anonymous client, or one with credentials of another operator, is
+// refused before it can publish anything.
+
+// Role is what a NATS client of telkeys is, and so what it may do.
+type Role string
+
+// The roles.
+const (
+	// RoleService is telkeys serve: it owns every stream, bucket and
+	// consumer.
+	RoleService Role = "service"
+	// RoleNode is a TelAPI node: it reads the events and the key index,
+	// hears heartbeats and reports usage.
+	RoleNode Role = "node"
+	// RoleAuditor replays the event history and nothing else.
+	RoleAuditor Role = "auditor"
+)
+
+// Roles lists every role.
+func Roles() []Role { return []Role{RoleService, RoleNode, RoleAuditor} }
+
+// Grant is one role's row of the permission table: the subjects it may
+// publish and subscribe to. Deny wins over Allow.
+type Grant struct {
+	PubAllow, PubDeny, SubAllow []string
+}
+
+// InboxPrefix is where a role's clients receive replies (nats.go's
+// CustomInboxPrefix): a node or an auditor may subscribe to its own
+// replies only, not to other clients'.
+func InboxPrefix(r Role) string {
+	if r == RoleService {
+		return "_INBOX"
+	}
+	return "_INBOX." + string(r)
+}
+
+// readConsumers is what reading a stream through one's own consumers
+// takes: the stream's info, creating (ordered) consumers, pulling from
+// them, their info, and deleting them when done. Consumer names are
+// random and the names of others cannot be listed.
+func readConsumers(stream string) []string {
+	api := "$JS.API."
+	return []string{
+		api + "STREAM.INFO." + stream,
+		api + "CONSUMER.CREATE." + stream + ".>",
+		api + "CONSUMER.INFO." + stream + ".*",
+		api + "CONSUMER.MSG.NEXT." + stream + ".*",
+		api + "CONSUMER.DELETE." + stream + ".*",
+	}
+}
+
+// notTheProjector keeps readers of the event stream away from the
+// projector's durable consumer: pulling from it would steal its events,
+// and recreating or deleting it would stop the read models.
+func notTheProjector() []string {
+	api, c := "$JS.API.", EventStream+"."+ProjectorConsumer
+	return []string{
+		api + "CONSUMER.CREATE." + c, api + "CONSUMER.CREATE." + c + ".>",
+		api + "CONSUMER.MSG.NEXT." + c, api + "CONSUMER.DELETE." + c,
+	}
+}
+
+// Grants is the permission table. Everything not allowed is refused.
+func Grants(r Role) (Grant, error) {
+	switch r {
+	case RoleService:
+		return Grant{PubAllow: []string{">"}, SubAllow: []string{">"}}, nil
+	case RoleNode:
+		keyIndex := ObjectStream(BucketKeyIndex)
+		pub := append(readConsumers(EventStream), readConsumers(UsageStream)...)
+		pub = append(pub, readConsumers(keyIndex)...)
+		pub = append(pub,
+			"$JS.API.DIRECT.GET."+keyIndex+".>", // the index's metadata
+			"$JS.API.STREAM.MSG.GET."+keyIndex,
+			"$JS.FC."+keyIndex+".>",             // flow control of its chunks
+			"$JS.API.DIRECT.GET."+UsageStream+".>", // a team's count today
+			UsageSubjectPrefix+">",               // usage increments
+			"$JS.API.STREAM.INFO."+LastUsedStream,
+			LastUsedSubjectPrefix+">", // last-used times
+		)
+		return Grant{PubAllow: pub, PubDeny: notTheProjector(),
+			SubAllow: []string{InboxPrefix(r) + ".>", HeartbeatSubject}}, nil
+	case RoleAuditor:
+		pub := append(readConsumers(EventStream), "$JS.API.STREAM.MSG.GET."+EventStream)
+		return Grant{PubAllow: pub, PubDeny: notTheProjector(), SubAllow: []string{InboxPrefix(r) + ".>"}}, nil
+	}
+	return Grant{}, fmt.Errorf("bus: unknown role %q; want service, node or auditor", r)
+}
+
+// Authority holds the keys that sign telkeys' NATS identities: the
+// operator, the telkeys account and the system account. Their seeds live
+// in one directory, readable by the owner only.
+type Authority struct {
+	operator, account, system nkeys.KeyPair
+}
+
+// Names of the seed files in an authority's directory.
+const (
+	operatorSeed = "operator.nk"
+	accountSeed  = "account.nk"
+	systemSeed   = "system.nk"
+)
+
+// AuthDir is where telkeys serve keeps its authority, under its data dir.
+func AuthDir(dataDir string) string { return filepath.Join(dataDir, "nats-auth") }
+
+// LoadAuthority reads the authority in dir, creating it (mode 0700, seeds
+// 0600) when create is set and dir holds none.
+func LoadAuthority(dir string, create bool) (*Authority, error) {
+	var a Authority
+	for _, k := range []struct {
+		file string
+		kp   *nkeys.KeyPair
+		make func() (nkeys.KeyPair, error)
+	}{
+		{operatorSeed, &a.operator, nkeys.CreateOperator},
+		{accountSeed, &a.account, nkeys.CreateAccount},
+		{systemSeed, &a.system, nkeys.CreateAccount},
+	} {
+		path := filepath.Join(dir, k.file)
+		seed, err := os.ReadFile(path)
+		if errors.Is(err, os.ErrNotExist) && create {
+			seed, err = newSeed(dir, path, k.make)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("bus: NATS authority: %w", err)
+		}
+		if *k.kp, err = nkeys.FromSeed(bytes.TrimSpace(seed)); err != nil {
+			return nil, fmt.Errorf("bus: NATS authority: %s: %w", path, err)
+		}
+	}
+	return &a, nil
+}
+
+func newSeed(dir, path string, make func() (nkeys.KeyPair, error)) ([]byte, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	kp, err := make()
+	if err != nil {
+		return nil, err
+	}
+	seed, err := kp.Seed()
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	_, err = f.Write(append(seed, '\n'))
+	return seed, errors.Join(err, f.Close())
+}
+
+// ServerConfig is the nats-server configuration that makes a server trust
+// this authority and only it: the operator, the system account, and the
+// telkeys account (JetStream enabled) preloaded into a memory resolver.
+// The embedded server and every node of a cluster use the same text.
+func (a *Authority) ServerConfig() (string, error) {
+	opPub, _ := a.operator.PublicKey()
+	accPub, _ := a.account.PublicKey()
+	sysPub, _ := a.system.PublicKey()
+	op := jwt.NewOperatorClaims(opPub)
+	op.Name = "telkeys"
+	op.SystemAccount = sysPub
+	opJWT, err := op.Encode(a.operator)
+	if err != nil {
+		return "", err
+	}
+	acc := jwt.NewAccountClaims(accPub)
+	acc.Name = "TELKEYS"
+	acc.Limits.JetStreamLimits = jwt.JetStreamLimits{
+		MemoryStorage: jwt.NoLimit, DiskStorage: jwt.NoLimit, Streams: jwt.NoLimit, Consumer: jwt.NoLimit,
+		MaxAckPending: jwt.NoLimit, MemoryMaxStreamBytes: jwt.NoLimit, DiskMaxStreamBytes: jwt.NoLimit,
+	}
+	accJWT, err := acc.Encode(a.operator)
+	if err != nil {
+		return "", err
+	}
+	sys := jwt.NewAccountClaims(sysPub)
+	sys.Name = "SYS"
+	sysJWT, err := sys.Encode(a.operator)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf(`# Generated by telkeys from its NATS authority (%s): trust the telkeys
+# operator only. Clients need credentials from "telkeys credentials".
+operator: %s
+system_account: %s
+resolver: MEMORY
+resolver_preload: {
+  %s: %s
+  %s: %s
+}
+`, opPub, opJWT, sysPub, accPub, accJWT, sysPub, sysJWT), nil
+}
+
+// AccountID is the public key of the telkeys account: the name under
+// which the server stores its streams.
+func (a *Authority) AccountID() string {
+	pub, _ := a.account.PublicKey()
+	return pub
+}
+
+// Credentials mints a user of role r, named name, valid for ttl (0: no
+// expiry), and returns it as a standard .creds file (the nats CLI's
+// --creds).
+func (a *Authority) Credentials(r Role, name string, ttl time.Duration) ([]byte, error) {
+	g, err := Grants(r)
+	if err != nil {
+		return nil, err
+	}
+	user, err := nkeys.CreateUser()
+	if err != nil {
+		return nil, err
+	}
+	pub, _ := user.PublicKey()
+	uc := jwt.NewUserClaims(pub)
+	uc.Name = name
+	uc.Tags.Add("role:" + string(r))
+	uc.Permissions.Pub.Allow.Add(g.PubAllow...)
+	uc.Permissions.Pub.Deny.Add(g.PubDeny...)
+	uc.Permissions.Sub.Allow.Add(g.SubAllow...)
+	if ttl > 0 {
+		uc.Expires = time.Now().Add(ttl).Unix()
+	}
+	token, err := uc.Encode(a.account)
+	if err != nil {
+		return nil, err
+	}
+	seed, err := user.Seed()
+	if err != nil {
+		return nil, err
+	}
+	return jwt.FormatUserConfig(token, seed)
+}
+
+// ErrCredentials is a credentials file that cannot be used.
+var ErrCredentials = errors.New("bus: unusable NATS credentials")
+
+// CheckCredentials reads a .creds file and says why it cannot be used:
+// missing, unreadable, malformed, or expired. It returns the role the
+// credentials carry.
+func CheckCredentials(path string) (Role, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("%w: %s: %v", ErrCredentials, path, errors.Unwrap(err))
+	}
+	return checkCredentials(data, path)
+}
+
+func checkCredentials(data []byte, source string) (Role, error) {
+	fail := func(why string, args ...any) (Role, error) {
+		return "", fmt.Errorf("%w: %s: %s", ErrCredentials, source, fmt.Sprintf(why, args...))
+	}
+	token, err := jwt.ParseDecoratedJWT(data)
+	if err != nil {
+		return fail("no user JWT in it")
+	}
+	uc, err := jwt.DecodeUserClaims(token)
+	if err != nil {
+		return fail("its user JWT does not decode: %v", err)
+	}
+	if _, err := jwt.ParseDecoratedUserNKey(data); err != nil {
+		return fail("no user seed in it")
+	}
+	if uc.Expires > 0 && time.Now().Unix() >= uc.Expires {
+		return fail("expired at %s", time.Unix(uc.Expires, 0).UTC().Format(time.RFC3339))
+	}
+	for _, tag := range uc.Tags {
+		if r, ok := strings.CutPrefix(tag, "role:"); ok {
+			if _, err := Grants(Role(r)); err == nil {
+				return Role(r), nil
+			}
+		}
+	}
+	return fail("it names no telkeys role")
+}
+
+// WriteFile writes data readable by its owner only, replacing path.
+func WriteFile(path string, data []byte) error {
+	tmp := path + ".tmp" + strconv.Itoa(os.Getpid())
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
