@@ -93,9 +93,9 @@ func Grants(r Role) (Grant, error) {
 		pub = append(pub,
 			"$JS.API.DIRECT.GET."+keyIndex+".>", // the index's metadata
 			"$JS.API.STREAM.MSG.GET."+keyIndex,
-			"$JS.FC."+keyIndex+".>",             // flow control of its chunks
+			"$JS.FC."+keyIndex+".>",                // flow control of its chunks
 			"$JS.API.DIRECT.GET."+UsageStream+".>", // a team's count today
-			UsageSubjectPrefix+">",               // usage increments
+			UsageSubjectPrefix+">",                 // usage increments
 			"$JS.API.STREAM.INFO."+LastUsedStream,
 			LastUsedSubjectPrefix+">", // last-used times
 		)

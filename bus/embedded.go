@@ -2,10 +2,10 @@ package bus
 
 import (
 	"errors"
-	"os"
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
