@@ -57,6 +57,7 @@ type Queries interface {
 	Teams(ctx context.Context) ([]projections.TeamRecord, error)
 	WebRTC(ctx context.Context) (bool, error)
 	LastUsed(ctx context.Context, team string) (map[string]int64, error)
+	Quarantine(ctx context.Context) ([]projections.QuarantineRecord, error)
 }
 
 // Projection tells how far the read models are built.
@@ -171,6 +172,7 @@ func New(cfg Config) (*Server, error) {
 	v1.Delete("/teams/:team/api-keys/:id", s.deleteKey)
 	v1.Post("/keys/verify", s.verify)
 	v1.Get("/audit/events", s.auditEvents)
+	v1.Get("/audit/quarantine", s.auditQuarantine)
 	return s, nil
 }
 

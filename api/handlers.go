@@ -50,6 +50,14 @@ type (
 	flagsJSON struct {
 		WebRTC bool `json:"webrtc"`
 	}
+	quarantinedJSON struct {
+		Seq      uint64 `json:"seq"`
+		Subject  string `json:"subject"`
+		Reason   string `json:"reason"`
+		Detail   string `json:"detail"`
+		EventID  string `json:"event_id"`
+		StoredAt string `json:"stored_at"`
+	}
 
 	// Request bodies: pointers tell a missing field from a zero one.
 	putAccessBody struct {
@@ -344,6 +352,24 @@ func (s *Server) verify(c *fiber.Ctx) error {
 }
 
 // auditEvents pages through the history by stream sequence.
+// auditQuarantine lists the stored messages that are not valid events:
+// skipped by every reader, never applied.
+func (s *Server) auditQuarantine(c *fiber.Ctx) error {
+	if _, err := allow(c, auth.RoleAuditor, auth.RoleSuperadmin); err != nil {
+		return err
+	}
+	recs, err := s.cfg.Queries.Quarantine(c.UserContext())
+	if err != nil {
+		return err
+	}
+	out := make([]quarantinedJSON, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, quarantinedJSON{Seq: r.Seq, Subject: r.Subject, Reason: r.Reason, Detail: r.Detail,
+			EventID: r.EventID, StoredAt: formatTime(r.StoredAt)})
+	}
+	return c.JSON(fiber.Map{"quarantine": out})
+}
+
 func (s *Server) auditEvents(c *fiber.Ctx) error {
 	if _, err := allow(c, auth.RoleAuditor, auth.RoleSuperadmin); err != nil {
 		return err

@@ -16,6 +16,7 @@ type Metrics struct {
 	commandDuration *prometheus.HistogramVec
 	// ProjectionPending is the number of events the projector has yet to apply.
 	ProjectionPending prometheus.Gauge
+	quarantined       *prometheus.CounterVec
 }
 
 // NewMetrics registers the metrics with reg.
@@ -38,8 +39,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		ProjectionPending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "telkeys_projection_pending_events", Help: "Events stored but not yet applied to the read models (projection lag).",
 		}),
+		quarantined: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "telkeys_events_quarantined_total", Help: "Stored messages that are not valid events, skipped by every reader, by reason.",
+		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.httpRequests, m.httpDuration, m.commands, m.commandDuration, m.ProjectionPending)
+	reg.MustRegister(m.httpRequests, m.httpDuration, m.commands, m.commandDuration, m.ProjectionPending, m.quarantined)
 	return m
 }
 
@@ -52,6 +56,10 @@ func (m *Metrics) ObserveCommand(command string, err error, took time.Duration) 
 	m.commands.WithLabelValues(command, result).Inc()
 	m.commandDuration.WithLabelValues(command).Observe(took.Seconds())
 }
+
+// Quarantined counts one message that is not a valid event; it fits
+// projections.Projector.OnQuarantine.
+func (m *Metrics) Quarantined(reason string) { m.quarantined.WithLabelValues(reason).Inc() }
 
 func (m *Metrics) observeHTTP(method, route string, status int, took time.Duration) {
 	m.httpRequests.WithLabelValues(method, route, strconv.Itoa(status)).Inc()

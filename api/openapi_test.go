@@ -61,6 +61,9 @@ func (stubQueries) WebRTC(context.Context) (bool, error) { panic("stub: WebRTC c
 func (stubQueries) LastUsed(context.Context, string) (map[string]int64, error) {
 	panic("stub: LastUsed called")
 }
+func (stubQueries) Quarantine(context.Context) ([]projections.QuarantineRecord, error) {
+	return nil, nil
+}
 
 type stubVerifier struct{}
 

@@ -166,7 +166,11 @@ func nonNil(s []string) []string {
 }
 
 // Log reads pages of the history, for the API.
-type Log struct{ JS jetstream.JetStream }
+type Log struct {
+	JS jetstream.JetStream
+	// Keys are the event-signing keys to trust.
+	Keys *events.Keys
+}
 
 // Page returns up to f.Limit events after f.After that match f.
 func (l Log) Page(ctx context.Context, f Filter) ([]View, error) {

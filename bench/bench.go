@@ -26,6 +26,7 @@ import (
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/cli"
 	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/events"
 	"github.com/telapi/telkeys/service"
 )
 
@@ -40,10 +41,12 @@ type Config struct {
 	NATSURL string
 	// NATSCreds are service credentials for NATSURL.
 	NATSCreds string
-	Keys      int
-	Duration  time.Duration
-	Deletes   int
-	Creates   int
+	// SigningKey is the deployment's event-signing key, for NATSURL.
+	SigningKey string
+	Keys       int
+	Duration   time.Duration
+	Deletes    int
+	Creates    int
 	// CPUProfile, if set, is where the bench writes a CPU profile of its
 	// own process (telkeys, its embedded NATS and the load generators).
 	CPUProfile string
@@ -252,13 +255,32 @@ func (b *bench) run(ctx context.Context) error {
 func (b *bench) serveConfig() service.Config {
 	return service.Config{
 		DataDir: b.dir, HTTPAddr: "127.0.0.1:0", NATSAddr: "127.0.0.1:0", NATSURL: b.cfg.NATSURL, NATSCreds: b.cfg.NATSCreds,
-		Replicas: 1, AuthSecret: b.secret,
+		SigningKey: b.cfg.SigningKey,
+		Replicas:   1, AuthSecret: b.secret,
 	}
 }
 
 func (b *bench) logger() *slog.Logger {
 	log, _ := cli.NewLogger(b.progress.w, "text", b.cfg.LogLevel) // validated
 	return log
+}
+
+// signer is the key that signs the bench's history, the one the telkeys
+// under test signs with: the data dir's, or --signing-key.
+func (b *bench) signer() (*events.Signer, error) {
+	if b.cfg.SigningKey != "" {
+		return events.LoadSigningKey(b.cfg.SigningKey, false)
+	}
+	return events.LoadSigningKey(service.SigningKeyPath(b.dir), true)
+}
+
+// keys are the keys that trust the bench's history.
+func (b *bench) keys() (*events.Keys, error) {
+	s, err := b.signer()
+	if err != nil {
+		return nil, err
+	}
+	return events.NewKeys(s.PublicKey()), nil
 }
 
 // creds are credentials of role for the NATS under test: minted from the

@@ -80,11 +80,16 @@ func (b *bench) load(ctx context.Context) error {
 	actor := events.Actor{Subject: "telkeys-bench", Role: "member"}
 	admin := events.Actor{Subject: "telkeys-bench", Role: "superadmin"}
 	total := b.cfg.Keys + d.teams
+	signer, err := b.signer()
+	if err != nil {
+		return err
+	}
 	publish := func(agg string, who events.Actor, prev []byte, p events.Payload) ([]byte, error) {
 		ev, err := events.New("evt_"+ulid.Make().String(), agg, who, time.Now(), prev, p)
 		if err != nil {
 			return nil, err
 		}
+		signer.Seal(&ev)
 		msg, err := commands.EventMsg(ev)
 		if err != nil {
 			return nil, err

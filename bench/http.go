@@ -238,6 +238,10 @@ func (b *bench) startNodes(ctx context.Context, n int) error {
 		return nil
 	}
 	b.progress.printf("starting %d keyauth node(s) on their own connections", more)
+	keys, err := b.keys()
+	if err != nil {
+		return err
+	}
 	nodes := make([]*benchNode, more)
 	errs := make([]error, more)
 	var wg sync.WaitGroup
@@ -251,7 +255,7 @@ func (b *bench) startNodes(ctx context.Context, n int) error {
 				errs[i] = err
 				return
 			}
-			v, err := keyauth.New(ctx, nc, keyauth.Config{Name: name})
+			v, err := keyauth.New(ctx, nc, keyauth.Config{Name: name, Keys: keys})
 			if err != nil {
 				nc.Close()
 				errs[i] = err

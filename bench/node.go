@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/telapi/telkeys/bus"
+	"github.com/telapi/telkeys/events"
 	"github.com/telapi/telkeys/keyauth"
 )
 
@@ -53,7 +54,20 @@ func (b *bench) verifyLocal(ctx context.Context) error {
 	if err := bus.WriteFile(credsFile, creds); err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, exe, "bench", "node", "--nats-url", b.svc.NATSURL, "--nats-creds", credsFile)
+	trusted, err := b.keys()
+	if err != nil {
+		return err
+	}
+	keysFile := filepath.Join(b.dir, "events-public.pem")
+	pem, err := events.EncodePublicKeys(trusted.Public()...)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(keysFile, pem, 0o644); err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, exe, "bench", "node", "--nats-url", b.svc.NATSURL, "--nats-creds", credsFile,
+		"--events-public-key", keysFile)
 	cmd.Stdin = strings.NewReader(strings.Join(b.data.sample, "\n"))
 	cmd.Stderr = b.progress.w
 	var out bytes.Buffer
@@ -79,7 +93,7 @@ func (b *bench) verifyLocal(ctx context.Context) error {
 }
 
 // NodeUsage explains telkeys bench node.
-const NodeUsage = `Usage: telkeys bench node --nats-url URL --nats-creds FILE < keys
+const NodeUsage = `Usage: telkeys bench node --nats-url URL --nats-creds FILE --events-public-key FILE < keys
 
 A keyauth node that measures itself and prints what it found as JSON: the
 time keyauth.New takes to load every key, its memory after that, and the
@@ -90,7 +104,11 @@ are a node's alone; it also measures a node against any running telkeys.
 `
 
 // RunNode is telkeys bench node: see NodeUsage.
-func RunNode(ctx context.Context, natsURL, creds string, stdin io.Reader, stdout io.Writer) error {
+func RunNode(ctx context.Context, natsURL, creds, publicKeys string, stdin io.Reader, stdout io.Writer) error {
+	trusted, err := events.ReadPublicKeys(publicKeys)
+	if err != nil {
+		return err
+	}
 	var keys [][]byte
 	sc := bufio.NewScanner(stdin)
 	for sc.Scan() {
@@ -117,7 +135,7 @@ func RunNode(ctx context.Context, natsURL, creds string, stdin io.Reader, stdout
 	}
 	defer nc.Close()
 	t0 := time.Now()
-	v, err := keyauth.New(ctx, nc, keyauth.Config{Name: "bench-node-" + strconv.Itoa(os.Getpid())})
+	v, err := keyauth.New(ctx, nc, keyauth.Config{Name: "bench-node-" + strconv.Itoa(os.Getpid()), Keys: trusted})
 	if err != nil {
 		return err
 	}

@@ -42,6 +42,8 @@ const (
 	//   teamkeys.<team>  TeamKeysRecord: the team's active keys
 	//   key.<sha256hex>  KeyRecord: one active key, what validators need
 	//   flag.<name>      FlagRecord: a platform flag
+	//   chain.<agg>      ChainRecord: the last valid event of an aggregate
+	//   quarantine.<seq> QuarantineRecord: a message that is not a valid event
 	//   checkpoint       the stream sequence every record above reflects
 	BucketReadModel = "telkeys_readmodel"
 	// BucketSnapshots holds write-model snapshots, by aggregate.
@@ -85,6 +87,11 @@ const (
 	TeamKeysPrefix = "teamkeys."
 	KeyPrefix      = "key."
 	FlagPrefix     = "flag."
+	// ChainPrefix + aggregate: the last valid event of the aggregate.
+	ChainPrefix = "chain."
+	// QuarantinePrefix + sequence: a stored message that is not a valid
+	// event.
+	QuarantinePrefix = "quarantine."
 )
 
 // KeyIndexLock, in the snapshots bucket, names the instance writing the

@@ -20,9 +20,10 @@ var member = events.Actor{Subject: "alice", Role: "member"}
 func setup(t testing.TB) (*bus.Handles, func() *commands.Handler) {
 	t.Helper()
 	ns, _, h := bustest.Setup(t)
+	signer, keys := bustest.Signer(t) // one deployment: every instance signs with the same key
 	return h, func() *commands.Handler {
 		_, js := bustest.Connect(t, ns)
-		ch, err := commands.New(commands.Config{JS: js, Events: h.Events, Snapshots: h.Snapshots})
+		ch, err := commands.New(commands.Config{JS: js, Events: h.Events, Snapshots: h.Snapshots, Signer: signer, Keys: keys})
 		if err != nil {
 			t.Fatal(err)
 		}

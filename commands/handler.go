@@ -46,6 +46,10 @@ type Config struct {
 	JS        jetstream.JetStream
 	Events    jetstream.Stream
 	Snapshots jetstream.KeyValue
+	// Signer signs every appended event; Keys are the keys whose events
+	// the write model accepts when it reads an aggregate's history.
+	Signer *events.Signer
+	Keys   *events.Keys
 	// Now is the clock; tests inject their own.
 	Now func() time.Time
 	Log *slog.Logger
@@ -64,6 +68,9 @@ func (c Config) Validate() error {
 	}
 	if c.Snapshots == nil {
 		errs = append(errs, errors.New("commands: snapshot bucket is required"))
+	}
+	if c.Signer == nil || c.Keys == nil {
+		errs = append(errs, errors.New("commands: a signer and the trusted keys are required"))
 	}
 	return errors.Join(errs...)
 }
@@ -106,16 +113,21 @@ type State interface {
 // aggregate is the cached write model of one aggregate. mu serialises the
 // commands on it within this process.
 type aggregate struct {
-	mu        sync.Mutex
-	id        string
-	subject   string
-	loaded    bool
-	seq       uint64 // stream sequence of the last applied event; 0 = none
-	hash      []byte // hash of the last applied event
-	sinceSnap int    // events applied since the last snapshot we know of
+	mu      sync.Mutex
+	id      string
+	subject string
+	loaded  bool
+	// seq is the stream sequence of the last message on the subject, valid
+	// or not: the next append expects it. chain holds the hash of the last
+	// valid event, which the next event follows.
+	seq       uint64
+	chain     *events.Chain
+	sinceSnap int // events applied since the last snapshot we know of
 	state     State
 	newState  func() State
 }
+
+func (a *aggregate) hash() []byte { return a.chain.Last(a.id) }
 
 // Result is what an appended command produced.
 type Result struct {
@@ -128,7 +140,7 @@ func (h *Handler) aggregate(id string, newState func() State) *aggregate {
 	defer h.mu.Unlock()
 	a, ok := h.aggs[id]
 	if !ok {
-		a = &aggregate{id: id, subject: bus.EventSubject(id), newState: newState, state: newState()}
+		a = &aggregate{id: id, subject: bus.EventSubject(id), newState: newState, state: newState(), chain: events.NewChain(h.cfg.Keys)}
 		h.aggs[id] = a
 	}
 	return a
@@ -178,13 +190,15 @@ func (h *Handler) execute(ctx context.Context, command, aggID string, newState f
 			fresh = true
 			continue
 		}
-		ev, err := events.New("evt_"+ulid.Make().String(), aggID, actor, h.cfg.Now(), a.hash, p)
+		ev, err := events.New("evt_"+ulid.Make().String(), aggID, actor, h.cfg.Now(), a.hash(), p)
 		if err != nil {
 			return Result{}, err
 		}
+		h.cfg.Signer.Seal(&ev)
 		tried[ev.ID] = true
 		ack, err := h.publish(ctx, a, ev)
 		if err == nil {
+			a.chain.Restore(a.id, ev.Hash) // signed here: valid
 			a.applyEvent(ack.Sequence, ev, p)
 			h.maybeSnapshot(ctx, a)
 			return Result{Seq: ack.Sequence, Event: ev}, nil
@@ -231,10 +245,12 @@ func EventMsg(ev events.Envelope) (*nats.Msg, error) {
 	return &nats.Msg{Subject: bus.EventSubject(ev.Aggregate), Data: data, Header: nats.Header{bus.TypeHeader: []string{string(ev.Type)}}}, nil
 }
 
+// applyEvent applies a valid event (already in the chain).
 func (a *aggregate) applyEvent(seq uint64, ev events.Envelope, p events.Payload) {
-	a.state.Apply(ev, p)
+	if p != nil {
+		a.state.Apply(ev, p)
+	}
 	a.seq = seq
-	a.hash = ev.Hash
 	a.sinceSnap++
 }
 
@@ -252,7 +268,7 @@ func isUncertain(err error) bool {
 
 // load reads the latest snapshot of the aggregate, then its tail.
 func (h *Handler) load(ctx context.Context, a *aggregate) error {
-	a.state, a.seq, a.hash, a.sinceSnap = a.newState(), 0, nil, 0
+	a.state, a.seq, a.chain, a.sinceSnap = a.newState(), 0, events.NewChain(h.cfg.Keys), 0
 	entry, err := h.cfg.Snapshots.Get(ctx, a.id)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
@@ -263,7 +279,8 @@ func (h *Handler) load(ctx context.Context, a *aggregate) error {
 		if err := msgpack.Unmarshal(entry.Value(), &snap); err == nil && snap.Version == snapshotVersion {
 			st := a.newState()
 			if err := msgpack.Unmarshal(snap.State, st); err == nil {
-				a.state, a.seq, a.hash = st, snap.Seq, snap.Hash
+				a.state, a.seq = st, snap.Seq
+				a.chain.Restore(a.id, snap.Hash)
 			}
 		}
 	}
@@ -289,18 +306,14 @@ func (h *Handler) catchUp(ctx context.Context, a *aggregate, mine map[string]boo
 			a.loaded = false // state may be partial: reload next time
 			return nil, n, fmt.Errorf("commands: read %s: %w", a.id, err)
 		}
-		ev, err := events.Unmarshal(raw.Data)
-		if err == nil {
-			err = ev.Verify(a.hash)
-		}
-		if err != nil {
-			a.loaded = false
-			return nil, n, fmt.Errorf("commands: %s at seq %d: %w", a.id, raw.Sequence, err)
-		}
-		p, err := ev.Decode()
-		if err != nil && !errors.Is(err, events.ErrUnknownType) {
-			a.loaded = false
-			return nil, n, fmt.Errorf("commands: %s at seq %d: %w", a.id, raw.Sequence, err)
+		ev, p, err := a.chain.Check(a.id, raw.Data)
+		var bad *events.Invalid
+		if errors.As(err, &bad) {
+			// Quarantined: never applied; the aggregate goes on from its
+			// last valid event, and the next append expects this sequence.
+			h.cfg.Log.Warn("commands: skipping an invalid event", "aggregate", a.id, "seq", raw.Sequence, "reason", bad.Reason, "err", bad.Err)
+			a.seq = raw.Sequence
+			continue
 		}
 		a.applyEvent(raw.Sequence, ev, p)
 		h.eventsRead.Add(1)
@@ -328,7 +341,7 @@ func (h *Handler) maybeSnapshot(ctx context.Context, a *aggregate) {
 	st, err := msgpack.Marshal(a.state)
 	if err == nil {
 		var b []byte
-		b, err = msgpack.Marshal(snapshot{Version: snapshotVersion, Seq: a.seq, Hash: a.hash, State: st})
+		b, err = msgpack.Marshal(snapshot{Version: snapshotVersion, Seq: a.seq, Hash: a.hash(), State: st})
 		if err == nil {
 			_, err = h.cfg.Snapshots.Put(ctx, a.id, b)
 		}

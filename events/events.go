@@ -38,8 +38,9 @@ type Actor struct {
 	Role    string `msgpack:"role" json:"role"`
 }
 
-// Envelope is one stored event. Hash covers every other field; Prev is the
-// Hash of the previous event of the same aggregate (empty for its first).
+// Envelope is one stored event. Hash covers every field before it; Prev is
+// the Hash of the previous event of the same aggregate (empty for its
+// first). Sig is the signature of Hash by the telkeys key KeyID.
 type Envelope struct {
 	ID        string             `msgpack:"id"`
 	Type      Type               `msgpack:"type"`
@@ -50,6 +51,8 @@ type Envelope struct {
 	Prev      []byte             `msgpack:"prev"`
 	Hash      []byte             `msgpack:"hash"`
 	Payload   msgpack.RawMessage `msgpack:"payload"`
+	KeyID     string             `msgpack:"kid"`
+	Sig       []byte             `msgpack:"sig"`
 }
 
 // Payload is implemented by every event body in the catalogue.

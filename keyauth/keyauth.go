@@ -30,6 +30,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telapi/telkeys/bus"
+	"github.com/telapi/telkeys/events"
 )
 
 // Code is the outcome of a verification.
@@ -75,6 +76,12 @@ func (r Result) Valid() bool { return r.Code == Valid }
 
 // Config configures a Validator.
 type Config struct {
+	// Keys are the event-signing keys to trust: events, key indexes and
+	// heartbeats not signed by one of them are never applied. Required.
+	Keys *events.Keys
+	// Signer signs the key indexes this validator writes (telkeys serve's
+	// own validator); nil for nodes, which never write one.
+	Signer *events.Signer
 	// Name identifies this node in usage counter message ids; it must be
 	// unique among nodes. Empty means a random name.
 	Name string
@@ -126,6 +133,9 @@ func (c *Config) setDefaults() {
 // Validate reports every problem at once.
 func (c Config) Validate() error {
 	var errs []error
+	if c.Keys == nil || c.Keys.Len() == 0 {
+		errs = append(errs, errors.New("keyauth: no trusted event-signing key: a node must know whose events to believe (--events-public-key)"))
+	}
 	for _, r := range c.Name {
 		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
 			errs = append(errs, errors.New("keyauth: Name must be [A-Za-z0-9_-]"))

@@ -45,10 +45,14 @@ type Projector struct {
 	js      jetstream.JetStream
 	nc      *nats.Conn
 	tracker *Tracker
+	keys    *events.Keys
 	log     *slog.Logger
 	// OnPending, if set, receives the number of events still to apply after
 	// each batch: the projection lag.
 	OnPending func(uint64)
+	// OnQuarantine, if set, is called once for every stored message that
+	// is not a valid event, with the reason.
+	OnQuarantine func(reason string)
 
 	// cache holds records this projector wrote or read, with their
 	// revisions; it is dropped on any failure.
@@ -71,9 +75,11 @@ type cached struct {
 // beyond it, only the lists the last batch touched are kept.
 const maxCachedKeyLists = 64
 
-// NewProjector returns a Projector that reports progress to tracker.
-func NewProjector(h *bus.Handles, js jetstream.JetStream, nc *nats.Conn, tracker *Tracker, log *slog.Logger) *Projector {
-	return &Projector{h: h, js: js, nc: nc, tracker: tracker, log: log, OnPending: func(uint64) {}}
+// NewProjector returns a Projector that applies the events signed by keys
+// and reports progress to tracker.
+func NewProjector(h *bus.Handles, js jetstream.JetStream, nc *nats.Conn, tracker *Tracker, keys *events.Keys, log *slog.Logger) *Projector {
+	return &Projector{h: h, js: js, nc: nc, tracker: tracker, keys: keys, log: log,
+		OnPending: func(uint64) {}, OnQuarantine: func(string) {}}
 }
 
 // Run consumes events until ctx ends.
@@ -161,7 +167,7 @@ func (p *Projector) applyBatch(ctx context.Context, batch []jetstream.Msg) error
 			}
 			continue
 		}
-		if err := p.apply(ctx, w, seq, m.Data()); err != nil {
+		if err := p.apply(ctx, w, seq, m.Subject(), m.Data(), md.Timestamp); err != nil {
 			return fmt.Errorf("projections: event %d: %w", seq, err)
 		}
 		next++
@@ -253,19 +259,35 @@ func (p *Projector) checkpoint(ctx context.Context) (uint64, uint64, error) {
 	return seq, c.rev, nil
 }
 
-// apply folds one event into the pending writes.
-func (p *Projector) apply(ctx context.Context, w *writes, seq uint64, data []byte) error {
-	ev, err := events.Unmarshal(data)
-	if err != nil {
+// apply checks one stored message (events.Chain: the one definition of a
+// valid event) and folds it into the pending writes, or quarantines it.
+// Each aggregate's chain record holds the sequence and hash of its last
+// valid event, so a message handled before (a replay after a crash) is
+// skipped, and a check resumes where the last one stopped.
+func (p *Projector) apply(ctx context.Context, w *writes, seq uint64, subject string, data []byte, stored time.Time) error {
+	agg := strings.TrimPrefix(subject, bus.EventSubjectPrefix)
+	chainKey := bus.ChainPrefix + agg
+	var link ChainRecord
+	rev, err := w.get(ctx, chainKey, &link)
+	if err != nil || (rev > 0 && link.Seq >= seq) {
 		return err
 	}
-	payload, err := ev.Decode()
-	if errors.Is(err, events.ErrUnknownType) {
-		p.log.Warn("projector: skipping event of unknown type", "seq", seq, "type", ev.Type)
+	chain := events.NewChain(p.keys)
+	chain.Restore(agg, link.Hash)
+	ev, payload, err := chain.Check(agg, data)
+	var bad *events.Invalid
+	if errors.As(err, &bad) {
+		p.log.Warn("projector: quarantined a message that is not a valid event", "seq", seq, "subject", subject, "reason", bad.Reason, "err", bad.Err)
+		p.OnQuarantine(bad.Reason)
+		w.put(bus.QuarantinePrefix+strconv.FormatUint(seq, 10), 0, mustMarshal(QuarantineRecord{
+			Seq: seq, Subject: subject, Reason: bad.Reason, Detail: bad.Err.Error(), StoredAt: stored, EventID: ev.ID,
+		}))
 		return nil
 	}
-	if err != nil {
-		return err
+	w.put(chainKey, rev, mustMarshal(ChainRecord{Seq: seq, Hash: ev.Hash}))
+	if payload == nil {
+		p.log.Warn("projector: skipping event of unknown type", "seq", seq, "type", ev.Type)
+		return nil
 	}
 	if f, ok := payload.(events.PlatformFlagSet); ok {
 		var rec FlagRecord
@@ -286,7 +308,7 @@ func (p *Projector) apply(ctx context.Context, w *writes, seq uint64, data []byt
 	// ahead of the checkpoint; re-applying the events in between then
 	// leaves them as they are.
 	var rec TeamRecord
-	rev, err := w.get(ctx, bus.TeamPrefix+team, &rec)
+	rev, err = w.get(ctx, bus.TeamPrefix+team, &rec)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -95,6 +96,28 @@ func (r *ReadModel) KeyByHash(ctx context.Context, hash string) (KeyRecord, bool
 	var k KeyRecord
 	found, err := r.get(ctx, bus.KeyPrefix+hash, &k)
 	return k, found, err
+}
+
+// Quarantine lists the stored messages that are not valid events, by
+// sequence.
+func (r *ReadModel) Quarantine(ctx context.Context) ([]QuarantineRecord, error) {
+	lister, err := r.kv.ListKeysFiltered(ctx, bus.QuarantinePrefix+"*")
+	if err != nil {
+		return nil, err
+	}
+	out := []QuarantineRecord{}
+	for k := range lister.Keys() {
+		var rec QuarantineRecord
+		found, err := r.get(ctx, k, &rec)
+		if err != nil {
+			return nil, err
+		}
+		if found {
+			out = append(out, rec)
+		}
+	}
+	slices.SortFunc(out, func(a, b QuarantineRecord) int { return cmp.Compare(a.Seq, b.Seq) })
+	return out, nil
 }
 
 // LastUsed returns when each of a team's keys was last used, in unix

@@ -50,3 +50,21 @@ type FlagRecord struct {
 	Seq     uint64 `msgpack:"seq"`
 	Enabled bool   `msgpack:"enabled"`
 }
+
+// ChainRecord is the last valid event of an aggregate, under
+// chain.<aggregate>: where the check of its next event resumes.
+type ChainRecord struct {
+	Seq  uint64 `msgpack:"seq"`
+	Hash []byte `msgpack:"hash"`
+}
+
+// QuarantineRecord is a stored message that is not a valid event, under
+// quarantine.<seq>: never applied, listed for auditors.
+type QuarantineRecord struct {
+	Seq      uint64    `msgpack:"seq"`
+	Subject  string    `msgpack:"subject"`
+	Reason   string    `msgpack:"reason"`
+	Detail   string    `msgpack:"detail"`
+	EventID  string    `msgpack:"event_id"`
+	StoredAt time.Time `msgpack:"stored_at"`
+}

@@ -10,7 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"strconv"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -27,6 +27,7 @@ import (
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/events"
 	"github.com/telapi/telkeys/keyauth"
 	"github.com/telapi/telkeys/projections"
 )
@@ -51,6 +52,38 @@ type Config struct {
 	Replicas   int
 	AuthSecret string
 	DevLogin   bool
+	// SigningKey is the Ed25519 key that signs events, heartbeats and the
+	// key index (PEM); every instance of a deployment uses the same one.
+	// Empty: the one in the data dir, made on first start.
+	SigningKey string
+	// EventsPublicKey is a file of more keys to trust besides the signing
+	// key's own: the previous ones while a key is rotated.
+	EventsPublicKey string
+}
+
+// SigningKeyPath is where telkeys serve keeps its event-signing key when
+// no --signing-key is given.
+func SigningKeyPath(dataDir string) string { return filepath.Join(dataDir, "events-signing.key") }
+
+// keys returns the signer and the keys to trust.
+func (c Config) keys() (*events.Signer, *events.Keys, error) {
+	path, create := c.SigningKey, false
+	if path == "" {
+		path, create = SigningKeyPath(c.DataDir), true
+	}
+	signer, err := events.LoadSigningKey(path, create)
+	if err != nil {
+		return nil, nil, err
+	}
+	keys := events.NewKeys(signer.PublicKey())
+	if c.EventsPublicKey != "" {
+		more, err := events.ReadPublicKeys(c.EventsPublicKey)
+		if err != nil {
+			return nil, nil, err
+		}
+		keys.Merge(more)
+	}
+	return signer, keys, nil
 }
 
 // Validate reports every problem at once.
@@ -68,8 +101,13 @@ func (c Config) Validate() error {
 		if c.Replicas > 1 {
 			errs = append(errs, errors.New("--replicas above 1 needs a NATS cluster (--nats-url); the embedded server is a single node"))
 		}
-	} else if c.NATSCreds == "" {
-		errs = append(errs, errors.New("--nats-url needs --nats-creds: service credentials from \"telkeys credentials --role service\""))
+	} else {
+		if c.NATSCreds == "" {
+			errs = append(errs, errors.New("--nats-url needs --nats-creds: service credentials from \"telkeys credentials --role service\""))
+		}
+		if c.SigningKey == "" {
+			errs = append(errs, errors.New("--nats-url needs --signing-key: every instance of a deployment signs events with the same key"))
+		}
 	}
 	if c.Replicas < 1 || c.Replicas > 5 {
 		errs = append(errs, errors.New("--replicas must be between 1 and 5"))
@@ -116,6 +154,7 @@ type Service struct {
 
 	log       *slog.Logger
 	name      string
+	signer    *events.Signer
 	ns        *server.Server
 	nc        *nats.Conn
 	h         *bus.Handles
@@ -141,6 +180,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (svc *Service, err
 			_ = svc.Shutdown(context.Background())
 		}
 	}()
+	signer, keys, err := cfg.keys()
+	if err != nil {
+		return nil, err
+	}
+	svc.signer = signer
 	js, err := svc.connect(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -158,11 +202,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (svc *Service, err
 	// bounds the start.
 	bg, stopBg := context.WithCancel(context.Background())
 	svc.stopBg = stopBg
-	tracker, readyAt, err := svc.startProjector(ctx, bg, js, metrics)
+	tracker, readyAt, err := svc.startProjector(ctx, bg, js, keys, metrics)
 	if err != nil {
 		return nil, err
 	}
-	if svc.validator, err = keyauth.New(ctx, svc.nc, keyauth.Config{Name: svc.name, Log: log.With("component", "keyauth")}); err != nil {
+	if svc.validator, err = keyauth.New(ctx, svc.nc, keyauth.Config{Name: svc.name, Keys: keys, Signer: signer, Log: log.With("component", "keyauth")}); err != nil {
 		return nil, err
 	}
 	stage("validator loaded")
@@ -173,7 +217,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (svc *Service, err
 		return nil, err
 	}
 	cmds, err := commands.New(commands.Config{
-		JS: js, Events: svc.h.Events, Snapshots: svc.h.Snapshots,
+		JS: js, Events: svc.h.Events, Snapshots: svc.h.Snapshots, Signer: signer, Keys: keys,
 		Log: log.With("component", "commands"), Observe: metrics.ObserveCommand,
 	})
 	if err != nil {
@@ -181,7 +225,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (svc *Service, err
 	}
 	svc.api, err = api.New(api.Config{
 		Commands: cmds, Queries: projections.NewReadModel(svc.h), Projection: tracker, Verifier: svc.validator,
-		Audit: audit.Log{JS: js}, Auth: authority, Metrics: metrics, Gatherer: reg, Log: log, DevLogin: cfg.DevLogin,
+		Audit: audit.Log{JS: js, Keys: keys}, Auth: authority, Metrics: metrics, Gatherer: reg, Log: log, DevLogin: cfg.DevLogin,
 		Ready: func(ctx context.Context) error { return svc.ready(ctx, tracker, readyAt) },
 	})
 	if err != nil {
@@ -248,7 +292,7 @@ func setupWithRetry(ctx context.Context, js jetstream.JetStream, replicas int, l
 // startProjector starts building the read models, and returns the tracker
 // of their progress and the sequence they must reach before the service
 // is ready: everything stored before it started.
-func (s *Service) startProjector(ctx, bg context.Context, js jetstream.JetStream, metrics *api.Metrics) (*projections.Tracker, uint64, error) {
+func (s *Service) startProjector(ctx, bg context.Context, js jetstream.JetStream, keys *events.Keys, metrics *api.Metrics) (*projections.Tracker, uint64, error) {
 	tracker, err := projections.NewTracker(ctx, s.h)
 	if err != nil {
 		return nil, 0, err
@@ -260,8 +304,9 @@ func (s *Service) startProjector(ctx, bg context.Context, js jetstream.JetStream
 	if err != nil {
 		return nil, 0, err
 	}
-	projector := projections.NewProjector(s.h, js, s.nc, tracker, s.log.With("component", "projector"))
+	projector := projections.NewProjector(s.h, js, s.nc, tracker, keys, s.log.With("component", "projector"))
 	projector.OnPending = func(n uint64) { metrics.ProjectionPending.Set(float64(n)) }
+	projector.OnQuarantine = metrics.Quarantined
 	s.bg.Add(1)
 	go func() {
 		defer s.bg.Done()
@@ -291,7 +336,7 @@ func (s *Service) heartbeat(ctx context.Context) {
 		s.log.Debug("heartbeat: stream info", "err", err)
 		return
 	}
-	_ = s.nc.Publish(bus.HeartbeatSubject, strconv.AppendUint(nil, info.State.LastSeq, 10))
+	_ = s.nc.Publish(bus.HeartbeatSubject, s.signer.SignHeartbeat(info.State.LastSeq, time.Now()))
 }
 
 func newAuthority(cfg Config) (*auth.Authority, error) {

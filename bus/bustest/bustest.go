@@ -6,6 +6,8 @@ package bustest
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -16,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telapi/telkeys/bus"
+	"github.com/telapi/telkeys/events"
 )
 
 // Server is an embedded server that, like telkeys' own, trusts only its
@@ -130,4 +133,15 @@ func Eventually(t testing.TB, within time.Duration, what string, cond func() boo
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// Signer returns a new event-signing key and the keys that trust it.
+func Signer(t testing.TB) (*events.Signer, *events.Keys) {
+	t.Helper()
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := events.NewSigner(key)
+	return s, events.NewKeys(s.PublicKey())
 }

@@ -40,6 +40,8 @@ Usage:
   telkeys serve [flags]   run the service; with no flags it starts an embedded
                           NATS server with its data in ./data and the HTTP API on :8080
   telkeys token [flags]   print a bearer token signed with the service's secret
+  telkeys events-key --out FILE
+                          write the public key that nodes and auditors must trust
   telkeys credentials --role service|node|auditor --out FILE
                           write NATS credentials for a telkeys instance, a TelAPI
                           node or an auditor (or --nats-config: a cluster's auth)
@@ -71,6 +73,8 @@ func main() {
 		err = token(args[1:])
 	case "credentials":
 		err = credentials(args[1:])
+	case "events-key":
+		err = eventsKey(args[1:])
 	case "audit":
 		err = auditCmd(ctx, args[1:])
 	case "bench":
@@ -99,6 +103,8 @@ func serve(ctx context.Context, args []string) error {
 	fs.IntVar(&c.Replicas, "replicas", 1, "replicas of every stream and bucket (3 or 5 on a cluster)")
 	fs.StringVar(&c.AuthSecret, "auth-secret", "", "HS256 secret for bearer tokens, at least 32 bytes; if empty, one is generated once into --data-dir")
 	fs.BoolVar(&c.DevLogin, "dev-login", false, "DEVELOPMENT ONLY: let anyone sign in to the web UI as any role and team, without a token")
+	fs.StringVar(&c.SigningKey, "signing-key", "", "Ed25519 key (PEM) that signs events; every instance of a deployment uses the same; empty: the one in --data-dir, made on first start")
+	fs.StringVar(&c.EventsPublicKey, "events-public-key", "", "more event-signing public keys to trust (PEM), e.g. the previous key while rotating")
 	logCfg := cli.LogFlags(fs)
 	intro := "Usage: telkeys serve [flags]\n\nRuns the API key service: the REST API, the projections that build the read\n" +
 		"models, and (unless --nats-url is set) an embedded NATS server with JetStream.\n" +
@@ -147,6 +153,36 @@ func token(args []string) error {
 	}
 	_, err = fmt.Println(tok)
 	return err
+}
+
+func eventsKey(args []string) error {
+	fs := flag.NewFlagSet("events-key", flag.ContinueOnError)
+	dataDir := fs.String("data-dir", "./data", "data directory of the service, where its signing key is kept")
+	key := fs.String("signing-key", "", "the signing key (PEM) instead of the one in --data-dir")
+	out := fs.String("out", "", "file to write the public key to (PEM); required")
+	intro := "Usage: telkeys events-key --out FILE [--data-dir D | --signing-key K]\n\n" +
+		"Writes the public key of the key that signs telkeys' events, heartbeats and key\n" +
+		"index: what TelAPI nodes and auditors trust (--events-public-key). To rotate, give\n" +
+		"them a file with the old and the new key (concatenate both outputs) first.\n"
+	if err := cli.Parse(fs, args, os.Stderr, envPrefix, intro); err != nil {
+		return err
+	}
+	if *out == "" {
+		return cli.Usage(errors.New("--out is required"))
+	}
+	path := *key
+	if path == "" {
+		path = service.SigningKeyPath(*dataDir)
+	}
+	signer, err := events.LoadSigningKey(path, false)
+	if err != nil {
+		return err
+	}
+	pem, err := events.EncodePublicKeys(signer.PublicKey())
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(*out, pem, 0o644)
 }
 
 func credentials(args []string) error {
@@ -293,10 +329,11 @@ func benchCmd(ctx context.Context, args []string) error {
 		fs := flag.NewFlagSet("bench node", flag.ContinueOnError)
 		url := fs.String("nats-url", "nats://127.0.0.1:4222", "NATS server of the telkeys to measure against")
 		creds := fs.String("nats-creds", "", "node credentials (telkeys credentials --role node)")
+		keys := fs.String("events-public-key", "", "the event-signing public keys to trust (telkeys events-key)")
 		if err := cli.Parse(fs, args[1:], os.Stderr, envPrefix, bench.NodeUsage); err != nil {
 			return err
 		}
-		return bench.RunNode(ctx, *url, *creds, os.Stdin, os.Stdout)
+		return bench.RunNode(ctx, *url, *creds, *keys, os.Stdin, os.Stdout)
 	}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	var c bench.Config
@@ -305,6 +342,7 @@ func benchCmd(ctx context.Context, args []string) error {
 	fs.StringVar(&c.Only, "only", "", "comma-separated scenarios to run (default: all): "+strings.Join(bench.Scenarios, ","))
 	fs.StringVar(&c.NATSURL, "nats-url", "", "use this NATS server instead of an embedded one; it must hold no telkeys events")
 	fs.StringVar(&c.NATSCreds, "nats-creds", "", "service credentials for --nats-url")
+	fs.StringVar(&c.SigningKey, "signing-key", "", "the deployment's event-signing key, for --nats-url")
 	fs.IntVar(&c.Keys, "keys", 0, "keys to store (default 1000000, or 10000 with --quick)")
 	fs.DurationVar(&c.Duration, "duration", 0, "length of each HTTP load (default 10s, or 1s with --quick)")
 	fs.IntVar(&c.Deletes, "deletes", 0, "keys to delete in revoke (default 1000, or 50 with --quick)")

@@ -35,7 +35,10 @@ type Core struct {
 	Cmds    *commands.Handler
 	Tracker *projections.Tracker
 	Read    *projections.ReadModel
-	stop    func()
+	// Signer signs the commands' events; Keys trust it.
+	Signer *events.Signer
+	Keys   *events.Keys
+	stop   func()
 }
 
 // Start starts a server, the commands and a projector.
@@ -46,11 +49,12 @@ func Start(t testing.TB) *Core {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmds, err := commands.New(commands.Config{JS: js, Events: h.Events, Snapshots: h.Snapshots})
+	signer, keys := bustest.Signer(t)
+	cmds, err := commands.New(commands.Config{JS: js, Events: h.Events, Snapshots: h.Snapshots, Signer: signer, Keys: keys})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &Core{T: t, NS: ns, NC: nc, JS: js, H: h, Cmds: cmds, Read: projections.NewReadModel(h)}
+	c := &Core{T: t, NS: ns, NC: nc, JS: js, H: h, Cmds: cmds, Read: projections.NewReadModel(h), Signer: signer, Keys: keys}
 	c.StartProjector()
 	t.Cleanup(func() { c.Stop() })
 	return c
@@ -64,7 +68,7 @@ func (c *Core) StartProjector() {
 		c.T.Fatal(err)
 	}
 	c.Tracker = tr
-	p := projections.NewProjector(c.H, c.JS, c.NC, tr, slog.New(slog.DiscardHandler))
+	p := projections.NewProjector(c.H, c.JS, c.NC, tr, c.Keys, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = p.Run(ctx) }()

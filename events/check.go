@@ -1,0 +1,131 @@
+package events
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+)
+
+// Invalid says why a stored message is not a valid event. Every reader
+// (the commands' write model, the projector, keyauth, audit) skips such a
+// message in the same way: it is quarantined, never applied, and its
+// aggregate goes on from its last valid event.
+type Invalid struct {
+	// Reason is short and stable: a metric label.
+	Reason string
+	Err    error
+}
+
+func (e *Invalid) Error() string { return "invalid event (" + e.Reason + "): " + e.Err.Error() }
+func (e *Invalid) Unwrap() error { return e.Err }
+
+// The reasons.
+const (
+	ReasonMalformed    = "malformed"     // not an envelope, out of bounds, or a payload that breaks its schema
+	ReasonWrongSubject = "wrong_subject" // stored on another aggregate's subject
+	ReasonBadHash      = "bad_hash"      // the hash does not match the content
+	ReasonUnsigned     = "unsigned"
+	ReasonUntrustedKey = "untrusted_key"
+	ReasonBadSignature = "bad_signature"
+	ReasonOutOfPlace   = "out_of_place" // prev is not the last valid event of its aggregate: forged, replayed or reordered
+)
+
+func invalid(reason string, err error) error { return &Invalid{Reason: reason, Err: err} }
+
+// Chain is the one definition of a valid event, and the state it needs:
+// the hash of the last valid event of each aggregate. It is not safe for
+// concurrent use.
+type Chain struct {
+	keys *Keys
+	last map[string][]byte
+}
+
+// NewChain checks events against keys, from an empty history.
+func NewChain(keys *Keys) *Chain { return &Chain{keys: keys, last: map[string][]byte{}} }
+
+// Last is the hash of the last valid event of an aggregate (nil: none).
+func (c *Chain) Last(aggregate string) []byte { return c.last[aggregate] }
+
+// Restore sets the last valid event of an aggregate, from a snapshot of
+// a history checked before.
+func (c *Chain) Restore(aggregate string, hash []byte) { c.last[aggregate] = bytes.Clone(hash) }
+
+// Each calls f for every aggregate and the hash of its last valid event.
+func (c *Chain) Each(f func(aggregate string, hash []byte)) {
+	for a, h := range c.last {
+		f(a, h)
+	}
+}
+
+// Check decides whether data, stored on the subject of aggregate, is a
+// valid event: it decodes within the hostile-input bounds and its payload
+// within its schema, it belongs to the subject's aggregate, its hash
+// matches its content and is signed by a trusted key, and its prev is the
+// hash of the last valid event of its aggregate. A valid event becomes
+// that last event; an invalid one changes nothing and returns *Invalid.
+//
+// The chain also makes ids unique: a copy of a valid event, replayed
+// anywhere, is out of place, so a second event with a seen id would have
+// to be signed by telkeys.
+//
+// A valid event of a type this version does not know returns a nil
+// payload: it counts in the chain, and changes no state this version has.
+func (c *Chain) Check(aggregate string, data []byte) (Envelope, Payload, error) {
+	e, err := Unmarshal(data)
+	if err != nil {
+		return e, nil, invalid(ReasonMalformed, err)
+	}
+	if e.Aggregate != aggregate {
+		return e, nil, invalid(ReasonWrongSubject, fmt.Errorf("an event of %q stored on the subject of %q", e.Aggregate, aggregate))
+	}
+	if !bytes.Equal(e.ComputeHash(), e.Hash) {
+		return e, nil, invalid(ReasonBadHash, ErrBadHash)
+	}
+	if err := c.keys.Verify(e.KeyID, e.Hash, e.Sig); err != nil {
+		reason := ReasonBadSignature
+		switch {
+		case errors.Is(err, ErrUnsigned):
+			reason = ReasonUnsigned
+		case errors.Is(err, ErrUntrustedKey):
+			reason = ReasonUntrustedKey
+		}
+		return e, nil, invalid(reason, err)
+	}
+	p, err := e.Decode()
+	if err == nil {
+		err = validPayload(e, p)
+	}
+	if err != nil && !errors.Is(err, ErrUnknownType) {
+		return e, nil, invalid(ReasonMalformed, err)
+	}
+	if !bytes.Equal(e.Prev, c.last[aggregate]) {
+		return e, nil, invalid(ReasonOutOfPlace, ErrBrokenChain)
+	}
+	c.last[aggregate] = e.Hash
+	return e, p, nil
+}
+
+// validPayload is the schema beyond decoding: what readers rely on.
+func validPayload(e Envelope, p Payload) error {
+	_, team := TeamOf(e.Aggregate)
+	switch p := p.(type) {
+	case PlatformFlagSet:
+		if e.Aggregate != PlatformAggregate || p.Flag == "" {
+			return fmt.Errorf("%w: a platform flag outside the platform aggregate, or unnamed", ErrMalformed)
+		}
+		return nil
+	case KeyCreated:
+		if !team || p.KeyID == "" || len(p.Hash) != 32 {
+			return fmt.Errorf("%w: KeyCreated needs a team, a key id and a 32-byte hash", ErrMalformed)
+		}
+	case KeyDeleted:
+		if !team || p.KeyID == "" || len(p.Hash) != 32 {
+			return fmt.Errorf("%w: KeyDeleted needs a team, a key id and a 32-byte hash", ErrMalformed)
+		}
+	case TeamAccessConfigured:
+		if !team || p.MaxKeys < 0 {
+			return fmt.Errorf("%w: TeamAccessConfigured needs a team and max_keys ≥ 0", ErrMalformed)
+		}
+	}
+	return nil
+}
