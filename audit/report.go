@@ -10,11 +10,16 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/telapi/telkeys/events"
 )
 
 // WriteEvents replays the selected events to w in format "table", "jsonl"
-// or "csv", flushing as it goes so that a long history streams out.
-func WriteEvents(ctx context.Context, js jetstream.JetStream, f Filter, format string, w io.Writer, progress func(done, last uint64)) error {
+// or "csv", flushing as it goes so that a long history streams out. With
+// f.IncludeInvalid, a stored message that is not a valid event is marked:
+// "invalid": reason in jsonl, the invalid column in csv, INVALID in a
+// table.
+func WriteEvents(ctx context.Context, js jetstream.JetStream, keys *events.Keys, f Filter, format string, w io.Writer, progress func(done, last uint64)) error {
 	out := bufio.NewWriter(w)
 	defer out.Flush()
 	var write func(View) error
@@ -26,25 +31,29 @@ func WriteEvents(ctx context.Context, js jetstream.JetStream, f Filter, format s
 	case "csv":
 		cw := csv.NewWriter(out)
 		defer cw.Flush()
-		if err := cw.Write([]string{"seq", "time", "actor_sub", "actor_role", "type", "aggregate", "payload", "prev", "hash", "id"}); err != nil {
+		if err := cw.Write([]string{"seq", "time", "actor_sub", "actor_role", "type", "aggregate", "payload", "prev", "hash", "id", "invalid"}); err != nil {
 			return err
 		}
 		write = func(v View) error {
 			p, _ := json.Marshal(v.Payload)
-			return cw.Write([]string{fmt.Sprint(v.Seq), v.Time, v.Actor.Subject, v.Actor.Role, v.Type, v.Aggregate, string(p), v.Prev, v.Hash, v.ID})
+			return cw.Write([]string{fmt.Sprint(v.Seq), v.Time, v.Actor.Subject, v.Actor.Role, v.Type, v.Aggregate, string(p), v.Prev, v.Hash, v.ID, v.Invalid})
 		}
 	case "table":
 		fmt.Fprintf(out, "%-8s %-30s %-24s %-20s %-20s %s\n", "SEQ", "TIME", "ACTOR", "TYPE", "AGGREGATE", "PAYLOAD")
 		write = func(v View) error {
 			p, _ := json.Marshal(v.Payload)
-			_, err := fmt.Fprintf(out, "%-8d %-30s %-24s %-20s %-20s %s\n", v.Seq, v.Time, v.Actor.Subject+" ("+v.Actor.Role+")", v.Type, v.Aggregate, p)
+			mark := ""
+			if v.Invalid != "" {
+				mark = "  INVALID (" + v.Invalid + "): never applied"
+			}
+			_, err := fmt.Fprintf(out, "%-8d %-30s %-24s %-20s %-20s %s%s\n", v.Seq, v.Time, v.Actor.Subject+" ("+v.Actor.Role+")", v.Type, v.Aggregate, p, mark)
 			return err
 		}
 	default:
 		return fmt.Errorf("--format %q: want table, jsonl or csv", format)
 	}
 	n := 0
-	return Replay(ctx, js, f, func(e Event) error {
+	return Replay(ctx, js, keys, f, func(e Event) error {
 		if n++; n%1000 == 0 {
 			if err := out.Flush(); err != nil {
 				return err

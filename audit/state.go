@@ -36,20 +36,18 @@ type KeyState struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
-// StateAt replays the events stored up to at (all of them if at is zero),
-// optionally of one team, and returns the state they produce.
-func StateAt(ctx context.Context, js jetstream.JetStream, stream string, at time.Time, team string) (State, error) {
+// StateAt replays the valid events (checked with keys) stored up to at
+// (all of them if at is zero), optionally of one team, and returns the
+// state they produce. A stored message that is not a valid event changes
+// nothing.
+func StateAt(ctx context.Context, js jetstream.JetStream, keys *events.Keys, stream string, at time.Time, team string) (State, error) {
 	teams := map[string]*domain.Team{}
 	platform := domain.NewPlatform()
 	st := State{At: at}
-	err := Replay(ctx, js, Filter{Stream: stream, Until: at}, func(e Event) error {
-		env := e.Envelope
-		if !at.IsZero() && env.Time.After(at) {
-			return nil
-		}
-		p, err := env.Decode()
-		if err != nil {
-			return nil // a type this binary does not know changes no state it knows
+	err := Replay(ctx, js, keys, Filter{Stream: stream, Until: at}, func(e Event) error {
+		env, p := e.Envelope, e.Payload
+		if (!at.IsZero() && env.Time.After(at)) || p == nil {
+			return nil // dated after at, or of a type this binary does not know: no state it knows changes
 		}
 		st.Seq = e.Seq
 		if env.Aggregate == events.PlatformAggregate {

@@ -170,8 +170,11 @@ func TestClusterRoles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum, err := audit.Verify(ctx, js, "", nil)
-	if err != nil || sum.Events == 0 {
+	// It reads and checks every message; the event bustest.CheckRoles
+	// seeds is not signed, so it may be named as a problem.
+	_, keys := bustest.Signer(t)
+	sum, err := audit.Verify(ctx, js, keys, "", nil)
+	if _, broken := err.(*audit.Broken); sum.LastSeq == 0 || (err != nil && !broken) {
 		t.Fatalf("the auditor cannot verify the cluster's history: %+v %v", sum, err)
 	}
 }

@@ -1,13 +1,18 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/bus"
+	"github.com/telapi/telkeys/bus/bustest"
+	"github.com/telapi/telkeys/events"
 )
 
 // The audit trail: GET /v1/audit/events and the telkeys audit commands,
@@ -68,16 +73,25 @@ func TestAuditEndpoint(t *testing.T) {
 }
 
 // TestAuditCommands runs telkeys audit verify, events and state against
-// the service's NATS.
+// the service's NATS, trusting the key "telkeys events-key" writes; then
+// a leaked service credential stores junk and a forged event.
 func TestAuditCommands(t *testing.T) {
 	s := startService(t)
 	s.enableTeam("acme", 5)
 	k := s.createKey("acme", "k")
 	between := time.Now().UTC()
 	s.deleteKey("acme", k["id"].(string))
+	keysFile := filepath.Join(t.TempDir(), "events-public.pem")
+	if code, out, errOut := runTelkeys(t, "events-key", "--data-dir", s.cfg.DataDir, "--out", keysFile); code != 0 {
+		t.Fatalf("events-key: %d %s %s", code, out, errOut)
+	}
+	common := []string{"--nats-url", s.NATSURL, "--nats-creds", s.credsFor(bus.RoleAuditor)}
 	cli := func(args ...string) (int, string) {
-		code, out, errOut := runTelkeys(t, append(args, "--nats-url", s.NATSURL, "--nats-creds", s.credsFor(bus.RoleAuditor))...)
+		code, out, errOut := runTelkeys(t, append(append(args, common...), "--events-public-key", keysFile)...)
 		return code, out + errOut
+	}
+	if code, out, errOut := runTelkeys(t, append([]string{"audit", "verify"}, common...)...); code != 2 || !strings.Contains(errOut, "--events-public-key is required") {
+		t.Fatalf("verify without --events-public-key: %d %s %s", code, out, errOut)
 	}
 	if code, out := cli("audit", "verify"); code != 0 || !strings.Contains(out, "intact: 3 events") {
 		t.Fatalf("verify: %d %s", code, out)
@@ -104,5 +118,57 @@ func TestAuditCommands(t *testing.T) {
 	}
 	if code, _ := cli("audit", "state"); code == 0 {
 		t.Fatal("state without --at succeeded")
+	}
+
+	// Forgeries: junk, and a key signed by a key telkeys does not trust.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	js, acme := s.js(), bus.EventSubject(events.TeamAggregate("acme"))
+	other, _ := bustest.Signer(t)
+	_, forged := forgedKey(t, other, nil)
+	ev, err := events.Unmarshal(forged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seqs []uint64
+	for _, data := range [][]byte{[]byte("junk"), forged} {
+		ack, err := js.Publish(ctx, acme, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, ack.Sequence)
+	}
+	code, out = cli("audit", "verify")
+	wantLines := []string{
+		fmt.Sprintf("BROKEN at seq %d: malformed: ", seqs[0]),
+		fmt.Sprintf("BROKEN at seq %d (event %s): untrusted_key: ", seqs[1], ev.ID),
+		"2 problem(s); 3 valid events and 2 invalid messages",
+	}
+	t.Logf("audit verify after forgeries:\n%s", out)
+	if code != 1 || strings.Count(out, "BROKEN at") != 2 {
+		t.Fatalf("verify after forgeries: %d %s", code, out)
+	}
+	for _, w := range wantLines {
+		if !strings.Contains(out, w) {
+			t.Fatalf("verify after forgeries does not say %q:\n%s", w, out)
+		}
+	}
+	if code, out := cli("audit", "events", "--format", "jsonl"); code != 0 || strings.Count(out, "\n") != 3 || strings.Contains(out, ev.ID) {
+		t.Fatalf("events after forgeries: %d %s", code, out)
+	}
+	code, out = cli("audit", "events", "--format", "jsonl", "--include-invalid", "--team", "acme")
+	if code != 0 || strings.Count(out, "\n") != 5 || !strings.Contains(out, `"invalid":"malformed"`) ||
+		!strings.Contains(out, `"invalid":"untrusted_key"`) || !strings.Contains(out, ev.ID) {
+		t.Fatalf("events --include-invalid: %d %s", code, out)
+	}
+	if code, out := cli("audit", "events", "--include-invalid"); code != 0 || !strings.Contains(out, "INVALID (untrusted_key)") {
+		t.Fatalf("events --include-invalid as a table: %d %s", code, out)
+	}
+	if code, out := cli("audit", "state", "--at", time.Now().UTC().Format(time.RFC3339Nano), "--format", "json"); code != 0 || strings.Contains(out, `"id"`) {
+		t.Fatalf("state after forgeries: %d %s", code, out)
+	}
+	r := s.do("GET", "/v1/audit/events", s.token(auth.RoleAuditor, ""), nil)
+	if p := r.json(t); r.status != 200 || len(p["events"].([]any)) != 3 || strings.Contains(string(r.body), ev.ID) {
+		t.Fatalf("the audit API after forgeries: %d %s", r.status, r.body)
 	}
 }

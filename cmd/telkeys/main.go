@@ -227,17 +227,23 @@ func credentials(args []string) error {
 }
 
 const auditUsage = `Usage:
-  telkeys audit events [--nats-url U] --nats-creds F [--team T] [--type X] [--since t] [--until t] [--format table|jsonl|csv]
-  telkeys audit verify [--nats-url U] --nats-creds F
-  telkeys audit state  --at <RFC3339> [--team T] [--format table|json] [--nats-url U] --nats-creds F
+  telkeys audit events [--team T] [--type X] [--since t] [--until t] [--format table|jsonl|csv] [--include-invalid] COMMON
+  telkeys audit verify COMMON
+  telkeys audit state  --at <RFC3339> [--team T] [--format table|json] COMMON
+  COMMON: [--nats-url U] --nats-creds F --events-public-key K
 
-events  streams the history in order: sequence, time, actor, type, aggregate, payload.
-verify  recomputes every hash and prev link and checks sequences; exit 0 if intact,
-        1 with the first broken event otherwise.
-state   replays up to --at and shows team configs, the keys active then, and the flags.
+Every stored message is checked as telkeys checks it (decodes, on its aggregate's
+subject, hash, Ed25519 signature by a key in --events-public-key, prev = the last
+valid event of its aggregate); one that fails is not a valid event, never applied.
+events  streams the valid events in order: sequence, time, actor, type, aggregate,
+        payload; --include-invalid shows the others too, marked with the reason.
+verify  checks every message and that sequences start at 1 and are continuous; exit 0
+        if intact, else 1 and one line per problem: BROKEN at seq N (event ID): reason.
+state   replays the valid events up to --at: team configs, the keys active then, flags.
 
 Auditors need read access to the event stream only: credentials of the auditor role
-(telkeys credentials --role auditor --out auditor.creds).
+(telkeys credentials --role auditor --out auditor.creds), and the keys to trust
+(telkeys events-key --data-dir D --out events-public.pem).
 `
 
 func auditCmd(ctx context.Context, args []string) error {
@@ -252,6 +258,8 @@ func auditCmd(ctx context.Context, args []string) error {
 	url := fs.String("nats-url", "nats://127.0.0.1:4222", "NATS server(s), comma-separated")
 	creds := fs.String("nats-creds", "", "auditor credentials (telkeys credentials --role auditor); required")
 	ca := fs.String("nats-ca", "", "CA (PEM) that signed the NATS servers' TLS certificates")
+	keysFile := fs.String("events-public-key", "", "event-signing public keys to trust (PEM, from telkeys events-key); required")
+	invalid := fs.Bool("include-invalid", false, "events: also show stored messages that are not valid events, marked")
 	team := fs.String("team", "", "only this team's events")
 	typ := fs.String("type", "", "only events of this type: PlatformFlagSet, TeamAccessConfigured, KeyCreated, KeyDeleted")
 	since := fs.String("since", "", "only events stored at or after this RFC 3339 time")
@@ -261,8 +269,14 @@ func auditCmd(ctx context.Context, args []string) error {
 	if err := cli.Parse(fs, args[1:], os.Stderr, envPrefix, auditUsage); err != nil {
 		return err
 	}
-	f := audit.Filter{Team: *team, Type: events.Type(*typ)}
-	var err error
+	if *keysFile == "" {
+		return cli.Usage(errors.New("--events-public-key is required: the keys whose events to trust (telkeys events-key)"))
+	}
+	keys, err := events.ReadPublicKeys(*keysFile)
+	if err != nil {
+		return err
+	}
+	f := audit.Filter{Team: *team, Type: events.Type(*typ), IncludeInvalid: *invalid}
 	if f.Since, err = parseTime("--since", *since); err != nil {
 		return err
 	}
@@ -281,15 +295,15 @@ func auditCmd(ctx context.Context, args []string) error {
 	progress := cli.Progress(os.Stderr, "replayed")
 	switch args[0] {
 	case "events":
-		return audit.WriteEvents(ctx, js, f, *format, os.Stdout, progress)
+		return audit.WriteEvents(ctx, js, keys, f, *format, os.Stdout, progress)
 	case "verify":
-		return auditVerify(ctx, js, os.Stdout, progress)
+		return auditVerify(ctx, js, keys, os.Stdout, progress)
 	case "state":
 		t, err := parseTime("--at", *at)
 		if err != nil || t.IsZero() {
 			return cli.Usage(errors.Join(err, errors.New("--at is required")))
 		}
-		st, err := audit.StateAt(ctx, js, "", t, *team)
+		st, err := audit.StateAt(ctx, js, keys, "", t, *team)
 		if err != nil {
 			return err
 		}
@@ -298,17 +312,21 @@ func auditCmd(ctx context.Context, args []string) error {
 	return cli.Usage(fmt.Errorf("unknown audit command %q", args[0]))
 }
 
-func auditVerify(ctx context.Context, js jetstream.JetStream, out io.Writer, progress func(done, last uint64)) error {
-	sum, err := audit.Verify(ctx, js, "", progress)
+func auditVerify(ctx context.Context, js jetstream.JetStream, keys *events.Keys, out io.Writer, progress func(done, last uint64)) error {
+	sum, err := audit.Verify(ctx, js, keys, "", progress)
 	var b *audit.Broken
 	if errors.As(err, &b) {
-		fmt.Fprintf(out, "BROKEN at seq %d, event %s: %s\n", b.Seq, b.EventID, b.Reason)
+		for _, p := range b.Problems {
+			fmt.Fprintf(out, "BROKEN at %s\n", p)
+		}
+		fmt.Fprintf(out, "%d problem(s); %d valid events and %d invalid messages (seq %d to %d) in %d aggregates\n",
+			len(b.Problems), sum.Events, sum.Invalid, sum.FirstSeq, sum.LastSeq, sum.Aggregates)
 		return cli.ErrFailed
 	}
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(out, "intact: %d events (seq %d to %d) in %d aggregates; every hash and prev link verified\n",
+	_, err = fmt.Fprintf(out, "intact: %d events (seq %d to %d) in %d aggregates; every hash, signature and prev link verified\n",
 		sum.Events, sum.FirstSeq, sum.LastSeq, sum.Aggregates)
 	return err
 }

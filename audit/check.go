@@ -1,0 +1,164 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/telapi/telkeys/bus"
+	"github.com/telapi/telkeys/events"
+)
+
+// Checking a signature costs about 50 µs, far more than reading a message,
+// so messages are checked in parallel: a reader cuts the stream into
+// batches, checkers run events.Chain.Check on them with each message's own
+// prev as its aggregate's last hash (everything but its place in the
+// chain), and the caller's goroutine takes the batches in stream order and
+// checks each message's place against the real chain. The verdicts are
+// those of one events.Chain checking every message in order
+// (TestParallelCheckIsChainCheck).
+
+// batchSize is how many messages a checker takes at once (a variable for tests).
+var batchSize = 256
+
+// checkers is how many goroutines check signatures (0: GOMAXPROCS).
+var checkers = 0
+
+// item is one stored message, then its verdict.
+type item struct {
+	seq     uint64
+	agg     string
+	data    []byte
+	stored  time.Time
+	pending uint64
+
+	env events.Envelope
+	p   events.Payload
+	err error
+}
+
+type batch struct {
+	items []item
+	done  chan struct{} // closed once every item has its verdict but for its place
+}
+
+// readChecked reads a stream through an ordered consumer made with cfg
+// until stop says so or nothing is pending, checks every message, and
+// calls fn with each in stream order from the calling goroutine, until fn
+// returns an error (bus.ErrStop: stop without one). chain is the state
+// before the first message; it ends after the last one fn saw.
+func readChecked(ctx context.Context, js jetstream.JetStream, keys *events.Keys, src source, cfg jetstream.OrderedConsumerConfig,
+	chain *events.Chain, stop func(*jetstream.MsgMetadata) bool, fn func(*item) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cons, err := js.OrderedConsumer(ctx, src.name, cfg)
+	if err != nil {
+		return err
+	}
+	n := checkers
+	if n <= 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
+	work := make(chan *batch, 2*n)
+	ordered := make(chan *batch, 2*n+2)
+	var wg sync.WaitGroup
+	var readErr error
+	wg.Go(func() {
+		defer close(work)
+		defer close(ordered)
+		cur := &batch{done: make(chan struct{})}
+		send := func() error {
+			for _, ch := range []chan *batch{ordered, work} {
+				select {
+				case ch <- cur:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			cur = &batch{items: make([]item, 0, batchSize), done: make(chan struct{})}
+			return nil
+		}
+		readErr = bus.ReadPending(ctx, cons, func(m jetstream.Msg, md *jetstream.MsgMetadata) error {
+			if stop(md) {
+				return bus.ErrStop
+			}
+			cur.items = append(cur.items, item{seq: md.Sequence.Stream, agg: strings.TrimPrefix(m.Subject(), src.prefix),
+				data: m.Data(), stored: md.Timestamp, pending: md.NumPending})
+			if len(cur.items) == batchSize || md.NumPending == 0 {
+				return send()
+			}
+			return nil
+		})
+		if len(cur.items) > 0 && readErr == nil {
+			readErr = send()
+		}
+	})
+	for range n {
+		wg.Go(func() {
+			for b := range work {
+				c := events.NewChain(keys)
+				for i := range b.items {
+					precheck(c, &b.items[i])
+				}
+				close(b.done)
+			}
+		})
+	}
+	err = func() error {
+		for b := range ordered {
+			select {
+			case <-b.done:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			for i := range b.items {
+				it := &b.items[i]
+				place(chain, it)
+				if err := fn(it); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}()
+	cancel()
+	wg.Wait()
+	switch {
+	case errors.Is(err, bus.ErrStop):
+		return nil
+	case err != nil:
+		return err
+	}
+	return readErr
+}
+
+// precheck is events.Chain.Check but for the message's place: with its
+// own prev as the last hash of its aggregate, only its place can't fail.
+func precheck(c *events.Chain, it *item) {
+	if env, err := events.Unmarshal(it.data); err == nil {
+		c.Restore(it.agg, env.Prev)
+	}
+	it.env, it.p, it.err = c.Check(it.agg, it.data)
+	it.data = nil
+}
+
+// place is the last step of events.Chain.Check, the one that depends on
+// the history: a message that passed every other check is a valid event
+// if its prev is the hash of the last valid event of its aggregate, and
+// becomes that event.
+func place(c *events.Chain, it *item) {
+	if it.err != nil {
+		return
+	}
+	if !bytes.Equal(it.env.Prev, c.Last(it.agg)) {
+		it.p, it.err = nil, &events.Invalid{Reason: events.ReasonOutOfPlace, Err: events.ErrBrokenChain}
+		return
+	}
+	c.Restore(it.agg, it.env.Hash)
+}
