@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/telapi/telkeys/apikey"
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/bus/bustest"
@@ -125,8 +126,13 @@ func TestAuditCommands(t *testing.T) {
 	defer cancel()
 	js, acme := s.js(), bus.EventSubject(events.TeamAggregate("acme"))
 	other, _ := bustest.Signer(t)
-	_, forged := forgedKey(t, other, nil)
-	ev, err := events.Unmarshal(forged)
+	ev, err := events.New("evt_forged_by_mallory", events.TeamAggregate("acme"), events.Actor{Subject: "mallory", Role: "member"}, time.Now(), nil,
+		events.KeyCreated{KeyID: "key_forged", Name: "forged", Scopes: []string{apikey.ScopeReadTeamApps}, Hash: make([]byte, 32), Last4: "abcd"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.Seal(&ev)
+	forged, err := ev.Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
