@@ -175,9 +175,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (svc *Service, err
 	t0 := time.Now()
 	stage := func(name string) { log.Debug("startup", "stage", name, "ms", time.Since(t0).Milliseconds()) }
 	svc = &Service{log: log, name: "telkeys-" + ulid.Make().String(), httpErr: make(chan error, 1)}
+	started := svc // "return nil, err" sets svc to nil before this runs
 	defer func() {
 		if err != nil {
-			_ = svc.Shutdown(context.Background())
+			_ = started.Shutdown(context.Background())
 		}
 	}()
 	signer, keys, err := cfg.keys()
@@ -194,6 +195,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (svc *Service, err
 		return nil, err
 	}
 	stage("streams and buckets set up")
+	if err := refuseUnsignedHistory(ctx, svc.h.Events); err != nil {
+		return nil, err
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -267,6 +271,26 @@ func (s *Service) connect(ctx context.Context, cfg Config) (jetstream.JetStream,
 		return nil, err
 	}
 	return jetstream.New(s.nc)
+}
+
+// refuseUnsignedHistory stops a start on a store written before events were
+// signed: every one of its events would be quarantined. No deployment of
+// that version exists, so the message says to start afresh.
+func refuseUnsignedHistory(ctx context.Context, stream jetstream.Stream) error {
+	info, err := stream.Info(ctx)
+	if err != nil || info.State.Msgs == 0 {
+		return err
+	}
+	m, err := stream.GetMsg(ctx, info.State.FirstSeq)
+	if err != nil {
+		return err
+	}
+	if e, err := events.Unmarshal(m.Data); err == nil && len(e.Sig) == 0 {
+		return fmt.Errorf("the event stream was written by a telkeys that did not sign its events (event %d is unsigned), "+
+			"and this one trusts signed events only: start from an empty data dir (move the old one away), "+
+			"or read the old history with the telkeys that wrote it", info.State.FirstSeq)
+	}
+	return nil
 }
 
 // setupWithRetry creates streams and buckets, retrying while a fresh

@@ -15,6 +15,7 @@ import (
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/events"
 )
 
 const testSecret = "test-secret-0123456789abcdef0123456789abcdef"
@@ -89,5 +90,33 @@ func TestKeyIndexHasOneWriter(t *testing.T) {
 	}
 	if _, err := s.h.Snapshots.Get(ctx, bus.KeyIndexLock); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Fatalf("the lock was not released: %v", err)
+	}
+}
+
+// TestRefusesAnUnsignedHistory: a store written before events were signed
+// is refused at start, with a message that says what to do.
+func TestRefusesAnUnsignedHistory(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{DataDir: dir, HTTPAddr: "127.0.0.1:0", NATSAddr: "127.0.0.1:0", Replicas: 1, AuthSecret: testSecret}
+	s, err := Start(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := events.New("evt_old", events.PlatformAggregate, events.Actor{Subject: "old"}, time.Now(), nil,
+		events.PlatformFlagSet{Flag: events.FlagWebRTC, Enabled: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := ev.Marshal()
+	js, _ := jetstream.New(s.nc)
+	if _, err := js.Publish(context.Background(), bus.EventSubject(events.PlatformAggregate), data); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Start(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), "did not sign its events") || !strings.Contains(err.Error(), "empty data dir") {
+		t.Fatalf("started on an unsigned history: %v", err)
 	}
 }
