@@ -17,7 +17,7 @@ import (
 func loaded(b *testing.B, n int) (*Validator, []string) {
 	v := &Validator{cfg: Config{}}
 	v.cfg.setDefaults()
-	v.st.init()
+	v.st.init(nil)
 	v.lastHeard.Store(time.Now().Add(time.Hour).UnixNano()) // fresh for the whole run
 	v.clock.Store(time.Now().UnixNano())
 	t := v.st.team("acme")

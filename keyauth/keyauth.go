@@ -1,11 +1,17 @@
 // Package keyauth is the API key validator that TelAPI nodes embed.
 //
-// It loads the read models once, then stays current by applying every
-// event of the event stream, in stream order, as the server stores it. A
-// Verify is pure memory work: no network, no allocation. A deleted key is
-// refused as soon as its KeyDeleted event reaches the node, and nothing can
-// bring it back: changes are applied strictly by event sequence, never from
-// a cache fill or a late read-model update.
+// It loads the key index (or starts from the first event), then stays
+// current by applying every event of the event stream, in stream order, as
+// the server stores it. A Verify is pure memory work: no network, no
+// allocation. A deleted key is refused as soon as its KeyDeleted event
+// reaches the node, and nothing can bring it back: changes are applied
+// strictly by event sequence, never from a cache fill or a late read-model
+// update.
+//
+// Only valid events are applied, as events.Chain defines them: signed by a
+// trusted key (Config.Keys) and in their place in their aggregate's hash
+// chain. Anything else on the stream (junk, a replayed or forged event) is
+// logged and skipped. The key index and the heartbeats are signed too.
 //
 // A node that has not heard telkeys' heartbeat for longer than
 // Config.MaxStaleness answers UNAVAILABLE (or, with FailOpen, keeps serving
@@ -86,7 +92,9 @@ type Config struct {
 	// unique among nodes. Empty means a random name.
 	Name string
 	// MaxStaleness is how long the node serves without hearing telkeys'
-	// heartbeat. Default 10 s.
+	// heartbeat. A heartbeat counts from the time telkeys dated it, and one
+	// dated more than MaxStaleness away from Now (either way) is ignored:
+	// the clocks must agree to well within it. Default 10 s.
 	MaxStaleness time.Duration
 	// FailOpen keeps answering from the last known state when stale,
 	// instead of UNAVAILABLE. It trades revocation for availability: a key
@@ -157,15 +165,23 @@ type Validator struct {
 
 	st state
 
-	// lastHeard is when the validator last knew it was current, unix ns: a
-	// heartbeat or an event arrived and it had applied every event the
-	// heartbeats announced.
+	// lastHeard is when the validator last knew it was current, unix ns:
+	// a valid event arrived, or a heartbeat dated then, and it had applied
+	// every event the heartbeats announced. It only grows.
 	lastHeard atomic.Int64
 	// clock is cfg.Now() in unix ns, refreshed every clockTick: Verify reads
 	// it instead of the clock, which costs half a SHA-256 on some VMs.
 	clock atomic.Int64
 	// heardSeq is the last event sequence a heartbeat announced.
 	heardSeq atomic.Uint64
+	// streamSeq is the highest sequence the stream is known to hold (from
+	// its info or its messages): a heartbeat announcing more is checked
+	// against the stream before it is believed. streamChecked is when the
+	// stream was last asked, unix ns.
+	streamSeq     atomic.Uint64
+	streamChecked atomic.Int64
+	// rejected counts stream messages skipped as invalid events.
+	rejected atomic.Uint64
 	// resync is 0 when current; after a reconnect it is awaitingHeartbeat,
 	// then the sequence the node must apply before it answers again. One
 	// word, so that a reconnect can never be lost to a concurrent clear.
@@ -204,7 +220,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Validator, error) {
 		return nil, err
 	}
 	v := &Validator{cfg: cfg, nc: nc, js: js, h: h, usageReady: make(chan struct{})}
-	v.st.init()
+	v.st.init(cfg.Keys)
 	v.lastHeard.Store(cfg.Now().UnixNano())
 	v.clock.Store(cfg.Now().UnixNano())
 	if err := v.start(lctx); err != nil {
@@ -235,8 +251,12 @@ func (v *Validator) Close() {
 // Keys returns how many keys the validator holds.
 func (v *Validator) Keys() int64 { return v.st.keysCount.Load() }
 
-// Applied returns the last event sequence applied.
+// Applied returns the last event sequence applied, or skipped as invalid.
 func (v *Validator) Applied() uint64 { return v.st.applied.Load() }
+
+// Rejected returns how many stream messages were skipped because they are
+// not valid events (see events.Chain).
+func (v *Validator) Rejected() uint64 { return v.rejected.Load() }
 
 // WaitApplied blocks until every event up to seq is applied.
 func (v *Validator) WaitApplied(ctx context.Context, seq uint64) error {

@@ -42,8 +42,13 @@ func (r *rig) validator(cfg keyauth.Config) *keyauth.Validator {
 	return r.validatorOn(nc, cfg)
 }
 
+// validatorOn starts a validator on nc; cfg.Keys defaults to the keys
+// that trust the core's signer.
 func (r *rig) validatorOn(nc *nats.Conn, cfg keyauth.Config) *keyauth.Validator {
 	r.t.Helper()
+	if cfg.Keys == nil {
+		cfg.Keys = r.Keys
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	v, err := keyauth.New(ctx, nc, cfg)
@@ -199,7 +204,7 @@ func TestVerifyRacingDelete(t *testing.T) {
 				loading <- nil
 				return
 			}
-			lv, err := keyauth.New(context.Background(), nc, keyauth.Config{})
+			lv, err := keyauth.New(context.Background(), nc, keyauth.Config{Keys: r.Keys})
 			if err != nil {
 				nc.Close()
 				loading <- nil
@@ -330,7 +335,7 @@ func TestStaleness(t *testing.T) {
 	expect(t, open, k.Plaintext, apps, keyauth.Valid)
 
 	info, _ := r.H.Events.Info(context.Background())
-	if err := r.NC.Publish(bus.HeartbeatSubject, []byte(itoa(info.State.LastSeq))); err != nil {
+	if err := r.NC.Publish(bus.HeartbeatSubject, r.Signer.SignHeartbeat(info.State.LastSeq, clk.Now())); err != nil {
 		t.Fatal(err)
 	}
 	bustest.Eventually(t, 5*time.Second, "fresh after a heartbeat", func() bool {

@@ -3,16 +3,24 @@ package keyauth_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/bus/bustest"
 	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/events"
 	"github.com/telapi/telkeys/keyauth"
 	"github.com/telapi/telkeys/projections"
 )
@@ -22,7 +30,7 @@ import (
 func (r *rig) indexWriter() *keyauth.Validator {
 	r.t.Helper()
 	nc, _ := bustest.Connect(r.t, r.NS)
-	return r.validatorOn(nc, keyauth.Config{})
+	return r.validatorOn(nc, keyauth.Config{Signer: r.Signer})
 }
 
 // indexRig has a history with every kind of change, part of it before the
@@ -99,38 +107,81 @@ func TestKeyIndex(t *testing.T) {
 	}
 }
 
-// TestKeyIndexUnusable: an index that is not in a known format, or that is
-// ahead of the event stream, is ignored; the validator replays the event
-// stream instead and is just as right.
+// putIndex stores data as the key index, signed by signer (nil:
+// unsigned), as WriteKeyIndex would.
+func putIndex(t *testing.T, obs jetstream.ObjectStore, data []byte, signer *events.Signer) {
+	t.Helper()
+	meta := jetstream.ObjectMeta{Name: bus.KeyIndexObject}
+	if signer != nil {
+		h := sha256.New()
+		h.Write(data)
+		digest := jetstream.GetObjectDigestValue(h)
+		meta.Metadata = map[string]string{"seq": "1", "kid": signer.KeyID(), "sig": hex.EncodeToString(signer.Sign([]byte(digest)))}
+	}
+	if _, err := obs.Put(context.Background(), meta, bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestKeyIndexUnusable: an index that telkeys did not sign, that is not in
+// a known format, or that is ahead of the event stream, is ignored; the
+// validator replays the event stream instead and is just as right.
 func TestKeyIndexUnusable(t *testing.T) {
-	for name, data := range map[string][]byte{
-		"garbage":        []byte("not a key index"),
-		"newer version":  []byte("tkix\x02rest"),
-		"cut off":        nil, // filled below: a real index, truncated
-		"ahead of event": nil,
+	for name, why := range map[string]string{
+		"garbage":                               "unknown format",
+		"older version":                         "unknown format",
+		"newer version":                         "unknown format",
+		"cut off":                               "cut off",
+		"ahead of the stream":                   "the stream at",
+		"unsigned":                              "not signed",
+		"signed with an untrusted key":          "not trusted",
+		"signature of another index":            "does not verify",
+		"content swapped under a signed digest": "digests do not match",
 	} {
 		t.Run(name, func(t *testing.T) {
 			r := newIndexRig(t)
 			obs := r.H.KeyIndex
+			ctx := context.Background()
+			real, err := obs.GetBytes(ctx, bus.KeyIndexObject)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.HasPrefix(real, []byte("tkix\x02")) {
+				t.Fatalf("the index starts with %q", real[:5])
+			}
+			// The real index with a bit of its last key flipped.
+			altered := bytes.Clone(real)
+			altered[len(altered)-40] ^= 1
+			untrusted, _ := bustest.Signer(t)
 			switch name {
-			case "cut off", "ahead of event":
-				res, err := obs.GetBytes(context.Background(), bus.KeyIndexObject)
+			case "garbage":
+				putIndex(t, obs, []byte("not a key index"), r.Signer)
+			case "older version":
+				putIndex(t, obs, append([]byte("tkix\x01"), real[5:]...), r.Signer)
+			case "newer version":
+				putIndex(t, obs, []byte("tkix\x03rest"), r.Signer)
+			case "cut off":
+				putIndex(t, obs, real[:len(real)-7], r.Signer)
+			case "ahead of the stream":
+				_, n := binary.Uvarint(real[5:])
+				putIndex(t, obs, append(binary.AppendUvarint([]byte("tkix\x02"), 1<<40), real[5+n:]...), r.Signer)
+			case "unsigned":
+				putIndex(t, obs, real, nil)
+			case "signed with an untrusted key":
+				putIndex(t, obs, real, untrusted)
+			case "signature of another index":
+				info, err := obs.GetInfo(ctx, bus.KeyIndexObject)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if name == "cut off" {
-					data = res[:len(res)-7]
-				} else {
-					data = append([]byte("tkix\x01\xff\xff\xff\x7f"), res[9:]...) // seq far ahead
+				if _, err := obs.Put(ctx, jetstream.ObjectMeta{Name: bus.KeyIndexObject, Metadata: info.Metadata}, bytes.NewReader(altered)); err != nil {
+					t.Fatal(err)
 				}
-			}
-			if _, err := obs.Put(context.Background(), jetstream.ObjectMeta{Name: bus.KeyIndexObject}, bytes.NewReader(data)); err != nil {
-				t.Fatal(err)
+			case "content swapped under a signed digest":
+				swapContent(t, r.rig, altered)
 			}
 			logs := &bustest.LogBuffer{}
-			ctx := context.Background()
-			nc := r.NC
-			v, err := keyauth.New(ctx, nc, keyauth.Config{Log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+			v, err := keyauth.New(ctx, r.NC, keyauth.Config{Keys: r.Keys, Log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -138,8 +189,98 @@ func TestKeyIndexUnusable(t *testing.T) {
 			if !strings.Contains(logs.String(), "from_key_index=false") {
 				t.Fatalf("the validator used an unusable index:\n%s", logs)
 			}
+			if !strings.Contains(logs.String(), "cannot use the key index") || !strings.Contains(logs.String(), why) {
+				t.Fatalf("the index was not refused for %q:\n%s", why, logs)
+			}
 			r.check(t, v)
 		})
+	}
+}
+
+// swapContent makes the key index's meta point at other content while it
+// keeps the real index's digest and signature: what a writer with raw
+// access to the bucket's subjects could do. The object store's digest
+// check at the end of the read refuses it.
+func swapContent(t *testing.T, r *rig, content []byte) {
+	t.Helper()
+	ctx := context.Background()
+	genuine, err := r.H.KeyIndex.GetInfo(ctx, bus.KeyIndexObject)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := r.H.KeyIndex.Put(ctx, jetstream.ObjectMeta{Name: "other"}, bytes.NewReader(content))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := *other
+	forged.Name, forged.Digest, forged.Metadata = bus.KeyIndexObject, genuine.Digest, genuine.Metadata
+	data, err := json.Marshal(forged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := nats.NewMsg("$O." + bus.BucketKeyIndex + ".M." + base64.URLEncoding.EncodeToString([]byte(bus.KeyIndexObject)))
+	m.Header.Set("Nats-Rollup", "sub")
+	m.Data = data
+	if _, err := r.JS.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	got, err := r.H.KeyIndex.GetInfo(ctx, bus.KeyIndexObject)
+	if err != nil || got.NUID != other.NUID || got.Digest != genuine.Digest {
+		t.Fatalf("the meta was not swapped: %+v, %v", got, err)
+	}
+}
+
+// TestKeyIndexRestoresTheChain: a validator started from the key index
+// checks the events after it against each aggregate's last valid event as
+// of the index, so a replayed event from before the index (even an
+// aggregate's first, whose prev is empty) is refused, as by a validator
+// that followed every event.
+func TestKeyIndexRestoresTheChain(t *testing.T) {
+	r := newIndexRig(t)
+	acme := events.TeamAggregate("acme")
+	// Replays: acme's KeyCreated of a key deleted before the index, and
+	// acme's very first event (the stream's first).
+	created, _ := r.stored(r.keys[0].Result.Seq)
+	r.publish(acme, created)
+	first, ev := r.stored(1)
+	if ev.Aggregate != acme || len(ev.Prev) != 0 {
+		t.Fatalf("the first event is %s of %s after %x", ev.Type, ev.Aggregate, ev.Prev)
+	}
+	r.publish(acme, first)
+	// A forgery signed by a key nodes do not trust, chained correctly.
+	other, _ := bustest.Signer(t)
+	forged, plain := forgeKey(t, "acme", r.lastHash(acme), other)
+	r.publish(acme, forged)
+
+	logs := &bustest.LogBuffer{}
+	v := r.validator(keyauth.Config{Log: logTo(logs)})
+	if !strings.Contains(logs.String(), "from_key_index=true") {
+		t.Fatalf("the validator did not start from the key index:\n%s", logs)
+	}
+	r.check(t, v)
+	if v.Rejected() != 3 || r.writer.Rejected() != 3 {
+		t.Fatalf("rejected: %d from the index, %d following every event; want 3", v.Rejected(), r.writer.Rejected())
+	}
+	expect(t, v, r.keys[0].Plaintext, apps, keyauth.NotFound)
+	expect(t, v, plain, apps, keyauth.NotFound)
+	// Valid events after the forgeries still apply.
+	k := r.create("acme", apps)
+	wait(t, v, k.Result.Seq)
+	expect(t, v, k.Plaintext, apps, keyauth.Valid)
+}
+
+// TestKeyIndexNeedsASigner: only a validator with the signing key writes
+// an index.
+func TestKeyIndexNeedsASigner(t *testing.T) {
+	r := newRig(t)
+	r.configure("acme", true, []string{apps}, nil)
+	nc, _ := bustest.Connect(t, r.NS)
+	v := r.validatorOn(nc, keyauth.Config{})
+	if _, err := v.WriteKeyIndex(context.Background(), 1); err == nil {
+		t.Fatal("a validator without a signer wrote the key index")
+	}
+	if _, err := r.H.KeyIndex.GetInfo(context.Background(), bus.KeyIndexObject); !errors.Is(err, jetstream.ErrObjectNotFound) {
+		t.Fatalf("a key index is stored: %v", err)
 	}
 }
 

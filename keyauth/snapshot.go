@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -24,37 +26,64 @@ import (
 // validator reads it and then the events after it: a million keys load in
 // about a second, where a million KV records took tens.
 //
-//	magic "tkix", version byte
+//	magic "tkix", version byte (2)
 //	seq, flag seq: uvarint; webrtc off: byte
+//	chain: uvarint count, then each: aggregate, hash of its last valid event
 //	teams: uvarint count, then each: name, configured byte, and if
 //	       configured: seq uvarint, enabled byte, scopes byte, limit varint
 //	keys:  uvarint count, then each: hash [32], team index uvarint,
 //	       scopes byte, seq uvarint, id
 //
-// Strings are a uvarint length and the bytes. The object store checks a
-// SHA-256 digest of the object once it is read to the end.
+// Strings are a uvarint length and the bytes. The chain lets a validator
+// started from the index check the events after it exactly as one that
+// followed every event (events.Chain.Restore).
+//
+// The index is signed: its object's metadata holds the id of a telkeys
+// event-signing key (kidMeta) and that key's Ed25519 signature (sigMeta,
+// hex) of the object's digest as the object store records it
+// ("SHA-256=<base64url>", ObjectInfo.Digest). A reader checks the signature
+// with Config.Keys before it reads a byte, and the object store checks the
+// content against the digest once it is read to the end: an index telkeys
+// did not write is never used.
 const (
 	indexMagic   = "tkix"
-	indexVersion = 1
-	// seqMeta is the object metadata holding the index's sequence.
+	indexVersion = 2
+	// seqMeta is the object metadata holding the index's sequence; kidMeta
+	// and sigMeta its signature.
 	seqMeta = "seq"
+	kidMeta = "kid"
+	sigMeta = "sig"
+	// digestPrefix starts the object store's digests.
+	digestPrefix = "SHA-256="
 )
 
-// errIndexFormat is a key index this version cannot read.
-var errIndexFormat = errors.New("keyauth: key index: unknown format")
+var (
+	// errIndexFormat is a key index this version cannot read.
+	errIndexFormat = errors.New("keyauth: key index: unknown format")
+	// errIndexUntrusted is a key index not signed by a trusted key.
+	errIndexUntrusted = errors.New("keyauth: key index: not signed by a trusted key")
+)
 
-// WriteKeyIndex stores the validator's state as the key index, if it is
-// newer than the stored one by at least minEvents events, and returns the
-// sequence of the index now stored. Events are not applied while the state
-// is copied (about 100 ms per million keys); the upload happens after.
+// WriteKeyIndex stores the validator's state as the key index, signed
+// with Config.Signer, if it is newer than the stored one by at least
+// minEvents events, and returns the sequence of the index now stored (a
+// stored index that is not validly signed counts as none). Events are not
+// applied while the state is copied (about 100 ms per million keys); the
+// upload happens after.
 func (v *Validator) WriteKeyIndex(ctx context.Context, minEvents uint64) (uint64, error) {
+	signer := v.cfg.Signer
+	if signer == nil {
+		return 0, errors.New("keyauth: cannot write the key index without Config.Signer: readers trust only a signed one")
+	}
 	obs := v.h.KeyIndex
 	if obs == nil {
 		return 0, errors.New("keyauth: no key index bucket")
 	}
 	stored := uint64(0)
 	if info, err := obs.GetInfo(ctx, bus.KeyIndexObject); err == nil {
-		stored, _ = strconv.ParseUint(info.Metadata[seqMeta], 10, 64)
+		if v.checkIndexSignature(info) == nil {
+			stored, _ = strconv.ParseUint(info.Metadata[seqMeta], 10, 64)
+		}
 	} else if !errors.Is(err, jetstream.ErrObjectNotFound) {
 		return 0, err
 	}
@@ -62,15 +91,42 @@ func (v *Validator) WriteKeyIndex(ctx context.Context, minEvents uint64) (uint64
 		return stored, nil
 	}
 	seq, data := v.encodeIndex()
-	_, err := obs.Put(ctx, jetstream.ObjectMeta{
+	h := sha256.New()
+	h.Write(data)
+	digest := jetstream.GetObjectDigestValue(h)
+	info, err := obs.Put(ctx, jetstream.ObjectMeta{
 		Name:        bus.KeyIndexObject,
 		Description: "telkeys validator state at event " + strconv.FormatUint(seq, 10),
-		Metadata:    map[string]string{seqMeta: strconv.FormatUint(seq, 10)},
+		Metadata: map[string]string{
+			seqMeta: strconv.FormatUint(seq, 10),
+			kidMeta: signer.KeyID(),
+			sigMeta: hex.EncodeToString(signer.Sign([]byte(digest))),
+		},
 	}, bytes.NewReader(data))
 	if err != nil {
 		return stored, fmt.Errorf("keyauth: store key index: %w", err)
 	}
+	if info.Digest != digest {
+		return stored, fmt.Errorf("keyauth: key index stored with digest %q, signed as %q", info.Digest, digest)
+	}
 	return seq, nil
+}
+
+// checkIndexSignature verifies the signature of a stored key index: over
+// its digest, which must be a well-formed SHA-256 digest, by a trusted key.
+func (v *Validator) checkIndexSignature(info *jetstream.ObjectInfo) error {
+	sum, err := jetstream.DecodeObjectDigest(info.Digest)
+	if !strings.HasPrefix(info.Digest, digestPrefix) || err != nil || len(sum) != sha256.Size {
+		return fmt.Errorf("%w: digest %q", errIndexUntrusted, info.Digest)
+	}
+	sig, err := hex.DecodeString(info.Metadata[sigMeta])
+	if err != nil {
+		return fmt.Errorf("%w: signature: %w", errIndexUntrusted, err)
+	}
+	if err := v.cfg.Keys.Verify(info.Metadata[kidMeta], []byte(info.Digest), sig); err != nil {
+		return fmt.Errorf("%w: %w", errIndexUntrusted, err)
+	}
+	return nil
 }
 
 // encodeIndex copies the state while no event is applied.
@@ -85,6 +141,14 @@ func (v *Validator) encodeIndex() (uint64, []byte) {
 	b = binary.AppendUvarint(b, seq)
 	b = binary.AppendUvarint(b, s.flagSeq)
 	b = append(b, boolByte(s.webrtcOff.Load()))
+
+	aggs := 0
+	s.chain.Each(func(string, []byte) { aggs++ })
+	b = binary.AppendUvarint(b, uint64(aggs))
+	s.chain.Each(func(agg string, last []byte) {
+		b = appendString(b, agg)
+		b = appendString(b, string(last))
+	})
 
 	s.teamsMu.RLock()
 	index := make(map[*team]uint64, len(s.teams))
@@ -114,9 +178,10 @@ func (v *Validator) encodeIndex() (uint64, []byte) {
 }
 
 // loadIndex reads the key index into the empty state and returns its
-// sequence; found is false when there is none, or none usable: one this
-// version cannot read, one ahead of the event stream (a restored stream
-// would make one), or one that cannot be read to the end. The caller then
+// sequence; found is false when there is none, or none usable: one not
+// signed by a trusted key, one this version cannot read, one ahead of the
+// event stream (a restored stream would make one), or one that cannot be
+// read to the end (or whose content does not match its signed digest). The caller then
 // replays the event stream from its start. A read can also fail because a writer replaced the
 // index meanwhile (its old chunks are purged), so it is tried twice.
 func (v *Validator) loadIndex(ctx context.Context, lastSeq uint64) (seq uint64, found bool) {
@@ -129,9 +194,9 @@ func (v *Validator) loadIndex(ctx context.Context, lastSeq uint64) (seq uint64, 
 			return seq, found
 		}
 		// Half an index is worse than none: start again from empty.
-		v.st.init()
+		v.st.init(v.cfg.Keys)
 		v.cfg.Log.Warn("keyauth: cannot use the key index", "attempt", attempt, "err", err)
-		if errors.Is(err, errIndexFormat) {
+		if errors.Is(err, errIndexFormat) || errors.Is(err, errIndexUntrusted) {
 			break
 		}
 	}
@@ -157,12 +222,16 @@ func (v *Validator) readIndex(ctx context.Context, lastSeq uint64) (uint64, bool
 	if err != nil {
 		return 0, false, err
 	}
+	if err := v.checkIndexSignature(info); err != nil {
+		return 0, false, err
+	}
 	r := bufio.NewReaderSize(obj, 1<<20)
 	seq, err := v.decodeIndex(r, lastSeq, info.Size)
 	if err != nil {
 		return 0, false, err
 	}
-	// Read to the end: the object store checks the digest only there.
+	// Read to the end: the object store checks the content against the
+	// signed digest only there.
 	if _, err := io.Copy(io.Discard, r); err != nil {
 		return 0, false, fmt.Errorf("keyauth: key index: %w", err)
 	}
@@ -185,6 +254,14 @@ func (v *Validator) decodeIndex(r *bufio.Reader, lastSeq, size uint64) (uint64, 
 	s := &v.st
 	s.flagSeq = flagSeq
 	s.webrtcOff.Store(webrtcOff)
+	aggs := d.uvarint()
+	if d.err != nil || aggs > size/minChainEntry {
+		return 0, fmt.Errorf("%w: bad chain count", errIndexFormat)
+	}
+	for range aggs {
+		agg := d.string()
+		s.chain.Restore(agg, d.bytes()) // Restore copies
+	}
 	teams := make([]*team, min(d.uvarint(), 1<<24))
 	for i := range teams {
 		t := s.team(d.string())
@@ -289,8 +366,12 @@ func (d *decoder) bytes() []byte {
 	return d.buf[:n]
 }
 
-// minKeyEntry is the smallest encoded key: hash, team, scopes, seq, id.
-const minKeyEntry = 32 + 1 + 1 + 1 + 1
+// minKeyEntry is the smallest encoded key: hash, team, scopes, seq, id;
+// minChainEntry the smallest chain entry: aggregate, hash.
+const (
+	minKeyEntry   = 32 + 1 + 1 + 1 + 1
+	minChainEntry = 1 + 1
+)
 
 // idExample has the length of a key id, to size the id block.
 const idExample = "key_01KMRJ7Z9Q2V4X6Y8A0C2E4G6J"

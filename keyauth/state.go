@@ -114,16 +114,21 @@ type state struct {
 	webrtcOff atomic.Bool
 	flagSeq   uint64
 
-	// applyMu is held while an event is applied, so that a key index can
-	// copy the state at one sequence.
-	applyMu   sync.Mutex
-	applied   bus.Progress // the last event sequence applied
+	// applyMu is held while an event is checked and applied, so that a
+	// key index can copy the state, and the chain, at one sequence.
+	applyMu sync.Mutex
+	// chain is what decides whether a message is a valid event: the last
+	// valid event of each aggregate. Guarded by applyMu.
+	chain     *events.Chain
+	applied   bus.Progress // the last event sequence applied (or skipped as invalid)
 	keysCount atomic.Int64
 	kick      chan struct{} // asks for an early usage flush
 }
 
-// init empties the state; it runs before anything reads it.
-func (s *state) init() {
+// init empties the state, trusting events signed by trusted; it runs
+// before anything reads it.
+func (s *state) init(trusted *events.Keys) {
+	s.chain = events.NewChain(trusted)
 	for i := range s.keys {
 		s.keys[i].m = map[uint64]*key{}
 	}
@@ -288,9 +293,11 @@ func (s *state) setConfig(t *team, seq uint64, enabled bool, allowed []string, l
 	t.cfg.Store(c)
 }
 
-// apply folds one event, at stream sequence seq, into the state. Records
-// loaded from the read models carry their own sequences, so an event they
-// already reflect changes nothing.
+// apply folds one valid event (checked by the chain), at stream sequence
+// seq, into the state; a nil payload (a type this version does not know)
+// changes nothing but the sequence. Keys and team configs carry the
+// sequence of their event, so an event they already reflect changes
+// nothing.
 func (s *state) apply(seq uint64, ev events.Envelope, p events.Payload) {
 	switch e := p.(type) {
 	case events.PlatformFlagSet:

@@ -11,7 +11,7 @@ import (
 // dropped one by one.
 func TestKeysSharingAHashPrefix(t *testing.T) {
 	var st state
-	st.init()
+	st.init(nil)
 	tm := st.team("acme")
 	var hs [3]apikey.Hash
 	for i := range hs {

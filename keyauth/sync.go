@@ -2,9 +2,11 @@ package keyauth
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
-	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -36,6 +38,7 @@ func (v *Validator) start(ctx context.Context) error {
 		return err
 	}
 	target := info.State.LastSeq
+	raise(&v.streamSeq, target)
 	loadStart := time.Now()
 	cp, fromIndex := v.loadIndex(ctx, target)
 	v.st.applied.Advance(cp)
@@ -81,8 +84,14 @@ func (v *Validator) stopWith(ctx context.Context, cc jetstream.ConsumeContext) {
 	}()
 }
 
-// onEvent applies one event. The ordered consumer delivers every event
+// onEvent applies one event. The ordered consumer delivers every message
 // once, in stream order, and recreates itself after a gap or a reconnect.
+//
+// A message that is not a valid event (events.Chain: malformed, unsigned
+// or signed by an untrusted key, or out of place in its aggregate's chain,
+// such as a replayed copy of a real event) is logged, counted and never
+// applied; the applied sequence still moves past it, since the stream
+// holds it, and its aggregate goes on from its last valid event.
 func (v *Validator) onEvent(m jetstream.Msg) {
 	md, err := m.Metadata()
 	if err != nil {
@@ -90,47 +99,110 @@ func (v *Validator) onEvent(m jetstream.Msg) {
 	}
 	seq := md.Sequence.Stream
 	v.watchConnection() // notice a reconnect before this counts as fresh
-	defer v.heard()
+	raise(&v.streamSeq, seq)
 	if seq <= v.Applied() {
 		return
 	}
+	subject := m.Subject()
 	v.st.applyMu.Lock()
-	defer v.st.applyMu.Unlock()
-	ev, err := events.Unmarshal(m.Data())
+	ev, p, err := v.st.chain.Check(strings.TrimPrefix(subject, bus.EventSubjectPrefix), m.Data())
 	if err != nil {
-		v.cfg.Log.Error("keyauth: undecodable event", "seq", seq, "err", err)
 		v.st.applied.Advance(seq)
-		return
-	}
-	p, err := ev.Decode()
-	if err != nil {
-		v.cfg.Log.Warn("keyauth: skipping event", "seq", seq, "type", ev.Type, "err", err)
-		v.st.applied.Advance(seq)
+		v.st.applyMu.Unlock()
+		v.rejected.Add(1)
+		reason := "malformed"
+		if inv, ok := errors.AsType[*events.Invalid](err); ok {
+			reason = inv.Reason
+		}
+		v.cfg.Log.Warn("keyauth: skipping a message that is not a valid event", "seq", seq, "subject", subject, "reason", reason, "err", err)
 		return
 	}
 	v.st.apply(seq, ev, p)
+	v.st.applyMu.Unlock()
+	v.heard(v.cfg.Now().UnixNano())
 }
 
-// onHeartbeat records that telkeys is alive and how far its stream is.
+// onHeartbeat records that telkeys is alive and how far its stream is. A
+// heartbeat counts only if it is signed by a trusted key, dated within
+// MaxStaleness of this node's clock (either way: an old one replayed must
+// not keep a cut-off node current, and clocks differ a little), and
+// announces a sequence the stream holds: one past the stream's last
+// sequence would make the node wait for events that never come.
 func (v *Validator) onHeartbeat(m *nats.Msg) {
-	seq, err := strconv.ParseUint(string(m.Data), 10, 64)
+	seq, at, err := v.cfg.Keys.CheckHeartbeat(m.Data)
 	if err != nil {
+		v.cfg.Log.Debug("keyauth: ignoring a heartbeat", "err", err)
+		return
+	}
+	now := v.cfg.Now()
+	if age := now.Sub(at); age > v.cfg.MaxStaleness || age < -v.cfg.MaxStaleness {
+		v.cfg.Log.Debug("keyauth: ignoring a heartbeat dated too far from now", "at", at, "now", now)
 		return
 	}
 	v.watchConnection()
-	if seq > v.heardSeq.Load() {
-		v.heardSeq.Store(seq)
+	if v.resync.Load() == awaitingHeartbeat {
+		// After a reconnect the target is the stream's own last sequence,
+		// never a heartbeat's, which may be a replayed older one.
+		v.resyncTarget(context.Background())
 	}
-	v.resync.CompareAndSwap(awaitingHeartbeat, seq)
-	v.heard()
+	if !v.streamHolds(seq) {
+		v.cfg.Log.Warn("keyauth: ignoring a heartbeat past the end of the event stream", "seq", seq, "stream", v.streamSeq.Load())
+		return
+	}
+	raise(&v.heardSeq, seq)
+	// Fresh as of when telkeys said it, not when it arrived: a replay
+	// within MaxStaleness buys nothing.
+	v.heard(min(at.UnixNano(), now.UnixNano()))
 }
 
-// heard records that telkeys was heard from, if every event the heartbeats
-// announced is applied: heartbeats alone do not make a node whose event
-// stream stalled current.
-func (v *Validator) heard() {
-	if v.Applied() >= v.heardSeq.Load() {
-		v.lastHeard.Store(v.cfg.Now().UnixNano())
+// streamHolds reports whether the event stream holds seq. A sequence the
+// validator has seen or applied needs no question; a higher one asks the
+// stream, at most every streamCheckEvery, and until the next check the
+// answer is no.
+func (v *Validator) streamHolds(seq uint64) bool {
+	if seq <= v.streamSeq.Load() || seq <= v.Applied() {
+		return true
+	}
+	now := time.Now().UnixNano()
+	if last := v.streamChecked.Load(); now-last < int64(streamCheckEvery) || !v.streamChecked.CompareAndSwap(last, now) {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	info, err := v.h.Events.Info(ctx)
+	if err != nil {
+		return false
+	}
+	raise(&v.streamSeq, info.State.LastSeq)
+	return seq <= info.State.LastSeq
+}
+
+// streamCheckEvery bounds how often heartbeats make the validator ask the
+// stream for its last sequence.
+const streamCheckEvery = 200 * time.Millisecond
+
+// raise sets a to seq if seq is higher.
+func raise(a *atomic.Uint64, seq uint64) {
+	for {
+		cur := a.Load()
+		if seq <= cur || a.CompareAndSwap(cur, seq) {
+			return
+		}
+	}
+}
+
+// heard records that telkeys was heard from at unix ns at, if every event
+// the heartbeats announced is applied: heartbeats alone do not make a node
+// whose event stream stalled current.
+func (v *Validator) heard(at int64) {
+	if v.Applied() < v.heardSeq.Load() {
+		return
+	}
+	for {
+		cur := v.lastHeard.Load()
+		if at <= cur || v.lastHeard.CompareAndSwap(cur, at) {
+			return
+		}
 	}
 }
 
@@ -141,8 +213,8 @@ const awaitingHeartbeat = math.MaxUint64
 // last-used times.
 const clockTick = 10 * time.Millisecond
 
-// watchConnection notices reconnects: until the validator has applied what
-// the first heartbeat after the reconnect announces, it is not current.
+// watchConnection notices reconnects: until the validator has applied
+// every event the stream held after the reconnect, it is not current.
 func (v *Validator) watchConnection() {
 	if r, seen := v.nc.Stats().Reconnects, v.reconnects.Load(); r != seen {
 		v.resync.Store(awaitingHeartbeat) // before the count: no caller sees one without the other
@@ -155,8 +227,9 @@ func (v *Validator) watchConnection() {
 	}
 }
 
-// resyncTarget asks the stream, after a reconnect, how far it is, in case
-// no heartbeat comes (another telkeys instance may be the one publishing).
+// resyncTarget asks the stream, after a reconnect, how far it is: the
+// first heartbeat after the reconnect asks at once, and a tick every 50 ms
+// in case none comes (another telkeys instance may be the one publishing).
 func (v *Validator) resyncTarget(ctx context.Context) {
 	if v.resync.Load() != awaitingHeartbeat {
 		return
@@ -164,6 +237,7 @@ func (v *Validator) resyncTarget(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	if info, err := v.h.Events.Info(ctx); err == nil {
+		raise(&v.streamSeq, info.State.LastSeq)
 		v.resync.CompareAndSwap(awaitingHeartbeat, info.State.LastSeq)
 	}
 }

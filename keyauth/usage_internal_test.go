@@ -25,7 +25,7 @@ func usageSetup(t *testing.T, limit *int64) (*coretest.Core, commands.CreatedKey
 // flush never comes: the test calls flushUsage itself.
 func flushedByHand(t *testing.T, r *coretest.Core) *Validator {
 	nc, _ := r.NS.ConnectAs(t, bus.RoleNode)
-	v, err := New(context.Background(), nc, Config{UsageFlush: time.Hour})
+	v, err := New(context.Background(), nc, Config{Keys: r.Keys, UsageFlush: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +146,7 @@ func TestClosedValidatorAnswersUnavailable(t *testing.T) {
 	r, k := usageSetup(t, nil)
 	nc, _ := r.NS.ConnectAs(t, bus.RoleNode)
 	for _, failOpen := range []bool{false, true} {
-		v, err := New(context.Background(), nc, Config{FailOpen: failOpen})
+		v, err := New(context.Background(), nc, Config{Keys: r.Keys, FailOpen: failOpen})
 		if err != nil {
 			t.Fatal(err)
 		}

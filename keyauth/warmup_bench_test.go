@@ -25,6 +25,7 @@ func BenchmarkWarmup(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	signer, trusted := bustest.Signer(b)
 	prev, n := map[string][]byte{}, 0
 	actor := events.Actor{Subject: "bench", Role: "superadmin"}
 	publish := func(agg string, p events.Payload) {
@@ -35,6 +36,7 @@ func BenchmarkWarmup(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		signer.Seal(&ev)
 		data, err := ev.Marshal()
 		if err != nil {
 			b.Fatal(err)
@@ -56,8 +58,8 @@ func BenchmarkWarmup(b *testing.B) {
 	}
 	<-js.PublishAsyncComplete()
 	vnc, _ := ns.ConnectAs(b, bus.RoleNode)
-	warmup := func(b *testing.B, vnc *nats.Conn) *keyauth.Validator {
-		v, err := keyauth.New(context.Background(), vnc, keyauth.Config{})
+	warmup := func(b *testing.B, vnc *nats.Conn, signer *events.Signer) *keyauth.Validator {
+		v, err := keyauth.New(context.Background(), vnc, keyauth.Config{Keys: trusted, Signer: signer})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -68,17 +70,17 @@ func BenchmarkWarmup(b *testing.B) {
 	}
 	b.Run("events", func(b *testing.B) {
 		for b.Loop() {
-			warmup(b, vnc).Close()
+			warmup(b, vnc, nil).Close()
 		}
 	})
-	v := warmup(b, nc) // the service's connection: nodes may not write the index
+	v := warmup(b, nc, signer) // the service's connection and key: nodes may not write the index
 	if _, err := v.WriteKeyIndex(context.Background(), 1); err != nil {
 		b.Fatal(err)
 	}
 	v.Close()
 	b.Run("key-index", func(b *testing.B) {
 		for b.Loop() {
-			warmup(b, vnc).Close()
+			warmup(b, vnc, nil).Close()
 		}
 	})
 }

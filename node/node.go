@@ -27,6 +27,7 @@ import (
 	"github.com/telapi/telkeys/api/problem"
 	"github.com/telapi/telkeys/apikey"
 	"github.com/telapi/telkeys/bus"
+	"github.com/telapi/telkeys/events"
 	"github.com/telapi/telkeys/keyauth"
 )
 
@@ -35,13 +36,17 @@ type Config struct {
 	NATSURL string
 	// NATSCreds are node credentials (telkeys credentials --role node);
 	// NATSCA the CA of the servers' TLS certificates, if not the system's.
-	NATSCreds     string
-	NATSCA        string
-	HTTPAddr      string
-	Name          string
-	MaxStaleness  time.Duration
-	FailOpen      bool
-	WebhookSecret string
+	NATSCreds string
+	NATSCA    string
+	// EventsPublicKey is a file of the event-signing public keys to trust
+	// (PEM, from telkeys events-key): the node applies no event, key index
+	// or heartbeat that one of them did not sign.
+	EventsPublicKey string
+	HTTPAddr        string
+	Name            string
+	MaxStaleness    time.Duration
+	FailOpen        bool
+	WebhookSecret   string
 }
 
 // Validate reports every problem at once.
@@ -49,6 +54,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.NATSURL == "" {
 		errs = append(errs, errors.New("--nats-url is required"))
+	}
+	if c.EventsPublicKey == "" {
+		errs = append(errs, errors.New("--events-public-key is required: the telkeys event-signing public key (telkeys events-key --out FILE); without it the node cannot tell telkeys' events from forged ones"))
 	}
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 		errs = append(errs, fmt.Errorf("--http-addr %q: %w", c.HTTPAddr, err))
@@ -62,6 +70,10 @@ func (c Config) Validate() error {
 // Serve runs the node until ctx ends.
 func Serve(ctx context.Context, c Config, log *slog.Logger) error {
 	if err := c.Validate(); err != nil {
+		return err
+	}
+	keys, err := events.ReadPublicKeys(c.EventsPublicKey)
+	if err != nil {
 		return err
 	}
 	if c.WebhookSecret == "" {
@@ -79,7 +91,7 @@ func Serve(ctx context.Context, c Config, log *slog.Logger) error {
 		return err
 	}
 	defer nc.Close()
-	v, err := keyauth.New(ctx, nc, keyauth.Config{Name: c.Name, MaxStaleness: c.MaxStaleness, FailOpen: c.FailOpen, Log: log})
+	v, err := keyauth.New(ctx, nc, keyauth.Config{Keys: keys, Name: c.Name, MaxStaleness: c.MaxStaleness, FailOpen: c.FailOpen, Log: log})
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,8 @@
 // Command telapi-node is a small TelAPI node that verifies API keys with
 // keyauth; see package node. Run it beside `make run`:
 //
-//	bin/telapi-node --nats-url nats://127.0.0.1:4222 --http-addr :8081
+//	bin/telapi-node --nats-url nats://127.0.0.1:4222 --nats-creds node.creds \
+//	  --events-public-key events.pub --http-addr :8081
 //
 // This file only reads flags.
 package main
@@ -39,6 +40,7 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&c.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server(s) of telkeys, comma-separated")
 	fs.StringVar(&c.NATSCreds, "nats-creds", "", "node credentials (telkeys credentials --role node); required")
 	fs.StringVar(&c.NATSCA, "nats-ca", "", "CA (PEM) that signed the NATS servers' TLS certificates")
+	fs.StringVar(&c.EventsPublicKey, "events-public-key", "", "telkeys' event-signing public key(s) (PEM, telkeys events-key --out FILE); required: only what they signed is believed")
 	fs.StringVar(&c.HTTPAddr, "http-addr", ":8081", "address of the node's HTTP API")
 	fs.StringVar(&c.Name, "name", "", "node name, unique among nodes (default: random)")
 	fs.DurationVar(&c.MaxStaleness, "max-staleness", 10*time.Second, "answer 503 after hearing nothing from telkeys for this long")
