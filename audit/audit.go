@@ -38,6 +38,9 @@ type Filter struct {
 	// IncludeInvalid also delivers the stored messages that are not valid
 	// events, with Event.Invalid set. They are never applied either way.
 	IncludeInvalid bool
+	// Checkers is how many goroutines check signatures (0: GOMAXPROCS),
+	// Batch how many messages each takes at once (0: 256).
+	Checkers, Batch int
 }
 
 // Event is one stored message as an auditor sees it: a valid event, or
@@ -148,7 +151,7 @@ func replay(ctx context.Context, js jetstream.JetStream, keys *events.Keys, src 
 	}
 	var done uint64
 	n := 0
-	err := readChecked(ctx, js, keys, src, cfg, pos.chain, stop, func(it *item) error {
+	err := readChecked(ctx, js, keys, src, cfg, f.Checkers, f.Batch, pos.chain, stop, func(it *item) error {
 		pos.seq = it.seq
 		if done++; progress != nil && (done%1000 == 0 || it.pending == 0) {
 			progress(done, src.last)
@@ -237,10 +240,15 @@ func nonNil(s []string) []string {
 }
 
 // Log reads pages of the history, for the API.
-// Keys are the event-signing keys to trust.
+// Log reads pages of the history for the API. Its zero value with JS and
+// Keys set is ready to use; it must not be copied.
 type Log struct {
-	JS   jetstream.JetStream
+	JS jetstream.JetStream
+	// Keys are the event-signing keys to trust.
 	Keys *events.Keys
+	// resumes are the positions where recent pages of a whole stream
+	// stopped.
+	resumes resumePoints
 }
 
 // Page returns up to f.Limit valid events after f.After that match f.
@@ -250,29 +258,26 @@ type Log struct {
 // with f.Team). To keep paging on from costing the whole history each
 // time, the chain where a page of the whole stream stopped is kept, and a
 // page after it starts there.
-func (l Log) Page(ctx context.Context, f Filter) ([]View, error) {
+func (l *Log) Page(ctx context.Context, f Filter) ([]View, error) {
 	src, err := open(ctx, l.JS, f.Stream)
 	if err != nil {
 		return nil, err
 	}
 	var from *position
 	if f.Team == "" {
-		from = resumes.find(src, l.Keys, f.After)
+		from = l.resumes.find(src, l.Keys, f.After)
 	}
 	out := []View{}
 	pos, err := replay(ctx, l.JS, l.Keys, src, f, from, func(e Event) error { out = append(out, ViewOf(e)); return nil }, nil)
 	if err == nil && f.Team == "" && pos.seq > 0 {
-		resumes.add(src, l.Keys, pos)
+		l.resumes.add(src, l.Keys, pos)
 	}
 	return out, err
 }
 
-// resumes are the positions where recent pages of a whole stream stopped.
-// A position holds as long as the stream does: stored messages never
+// A resume point holds as long as the stream does: stored messages never
 // change (delete and purge are denied), and a new stream of the same name
 // has another creation time.
-var resumes = &resumePoints{}
-
 const maxResumePoints = 32
 
 type resumePoints struct {

@@ -374,7 +374,7 @@ func TestForgedMessages(t *testing.T) {
 	}
 
 	// The API's pages, from the start and from where the last one stopped.
-	log := audit.Log{JS: hs.js, Keys: hs.keys}
+	log := &audit.Log{JS: hs.js, Keys: hs.keys}
 	var paged []string
 	for after := uint64(0); ; {
 		page, err := log.Page(ctx, audit.Filter{After: after, Limit: 2})
@@ -395,7 +395,7 @@ func TestForgedMessages(t *testing.T) {
 	if want := []string{"1", "2", "3", "4", "5", "6", "7", fmt.Sprint(seqs["real"])}; !slices.Equal(paged, want) {
 		t.Fatalf("pages %v, want %v", paged, want)
 	}
-	if _, err := (audit.Log{JS: hs.js}).Page(ctx, audit.Filter{}); !errors.Is(err, audit.ErrNoKeys) {
+	if _, err := (&audit.Log{JS: hs.js}).Page(ctx, audit.Filter{}); !errors.Is(err, audit.ErrNoKeys) {
 		t.Fatalf("a page trusting no key: %v", err)
 	}
 }
@@ -419,9 +419,8 @@ func TestParallelCheckIsChainCheck(t *testing.T) {
 		want = append(want, fmt.Sprintf("%d:%s", md.Sequence.Stream, r))
 	}
 	for _, c := range []struct{ checkers, batch int }{{1, 1}, {1, 256}, {3, 2}, {8, 1}, {0, 3}} {
-		restore := audit.SetCheckers(c.checkers, c.batch)
 		var got []string
-		err := audit.Replay(ctx, hs.js, hs.keys, audit.Filter{IncludeInvalid: true}, func(e audit.Event) error {
+		err := audit.Replay(ctx, hs.js, hs.keys, audit.Filter{IncludeInvalid: true, Checkers: c.checkers, Batch: c.batch}, func(e audit.Event) error {
 			r := "valid"
 			if e.Invalid != nil {
 				r = e.Invalid.Reason
@@ -429,7 +428,6 @@ func TestParallelCheckIsChainCheck(t *testing.T) {
 			got = append(got, fmt.Sprintf("%d:%s", e.Seq, r))
 			return nil
 		}, nil)
-		restore()
 		if err != nil || !slices.Equal(got, want) {
 			t.Fatalf("%d checkers, batches of %d: %v %v, want %v", c.checkers, c.batch, err, got, want)
 		}

@@ -1,7 +1,6 @@
 package audit
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"runtime"
@@ -17,18 +16,14 @@ import (
 
 // Checking a signature costs about 50 µs, far more than reading a message,
 // so messages are checked in parallel: a reader cuts the stream into
-// batches, checkers run events.Chain.Check on them with each message's own
-// prev as its aggregate's last hash (everything but its place in the
-// chain), and the caller's goroutine takes the batches in stream order and
-// checks each message's place against the real chain. The verdicts are
-// those of one events.Chain checking every message in order
+// batches, checkers run events.Keys.Check on them (everything but a
+// message's place in its aggregate's chain), and the caller's goroutine
+// takes the batches in stream order and links each message into the chain
+// (events.Chain.Link). Together the two halves are events.Chain.Check
 // (TestParallelCheckIsChainCheck).
 
-// batchSize is how many messages a checker takes at once (a variable for tests).
-var batchSize = 256
-
-// checkers is how many goroutines check signatures (0: GOMAXPROCS).
-var checkers = 0
+// defaultBatch is how many messages a checker takes at once.
+const defaultBatch = 256
 
 // item is one stored message, then its verdict.
 type item struct {
@@ -54,7 +49,7 @@ type batch struct {
 // returns an error (bus.ErrStop: stop without one). chain is the state
 // before the first message; it ends after the last one fn saw.
 func readChecked(ctx context.Context, js jetstream.JetStream, keys *events.Keys, src source, cfg jetstream.OrderedConsumerConfig,
-	chain *events.Chain, stop func(*jetstream.MsgMetadata) bool, fn func(*item) error) error {
+	checkers, batchSize int, chain *events.Chain, stop func(*jetstream.MsgMetadata) bool, fn func(*item) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cons, err := js.OrderedConsumer(ctx, src.name, cfg)
@@ -64,6 +59,9 @@ func readChecked(ctx context.Context, js jetstream.JetStream, keys *events.Keys,
 	n := checkers
 	if n <= 0 {
 		n = runtime.GOMAXPROCS(0)
+	}
+	if batchSize <= 0 {
+		batchSize = defaultBatch
 	}
 	work := make(chan *batch, 2*n)
 	ordered := make(chan *batch, 2*n+2)
@@ -102,9 +100,10 @@ func readChecked(ctx context.Context, js jetstream.JetStream, keys *events.Keys,
 	for range n {
 		wg.Go(func() {
 			for b := range work {
-				c := events.NewChain(keys)
 				for i := range b.items {
-					precheck(c, &b.items[i])
+					it := &b.items[i]
+					it.env, it.p, it.err = keys.Check(it.agg, it.data)
+					it.data = nil
 				}
 				close(b.done)
 			}
@@ -119,7 +118,11 @@ func readChecked(ctx context.Context, js jetstream.JetStream, keys *events.Keys,
 			}
 			for i := range b.items {
 				it := &b.items[i]
-				place(chain, it)
+				if it.err == nil {
+					if it.err = chain.Link(it.env); it.err != nil {
+						it.p = nil
+					}
+				}
 				if err := fn(it); err != nil {
 					return err
 				}
@@ -136,29 +139,4 @@ func readChecked(ctx context.Context, js jetstream.JetStream, keys *events.Keys,
 		return err
 	}
 	return readErr
-}
-
-// precheck is events.Chain.Check but for the message's place: with its
-// own prev as the last hash of its aggregate, only its place can't fail.
-func precheck(c *events.Chain, it *item) {
-	if env, err := events.Unmarshal(it.data); err == nil {
-		c.Restore(it.agg, env.Prev)
-	}
-	it.env, it.p, it.err = c.Check(it.agg, it.data)
-	it.data = nil
-}
-
-// place is the last step of events.Chain.Check, the one that depends on
-// the history: a message that passed every other check is a valid event
-// if its prev is the hash of the last valid event of its aggregate, and
-// becomes that event.
-func place(c *events.Chain, it *item) {
-	if it.err != nil {
-		return
-	}
-	if !bytes.Equal(it.env.Prev, c.Last(it.agg)) {
-		it.p, it.err = nil, &events.Invalid{Reason: events.ReasonOutOfPlace, Err: events.ErrBrokenChain}
-		return
-	}
-	c.Restore(it.agg, it.env.Hash)
 }

@@ -71,6 +71,21 @@ func (c *Chain) Each(f func(aggregate string, hash []byte)) {
 // A valid event of a type this version does not know returns a nil
 // payload: it counts in the chain, and changes no state this version has.
 func (c *Chain) Check(aggregate string, data []byte) (Envelope, Payload, error) {
+	e, p, err := c.keys.Check(aggregate, data)
+	if err == nil {
+		err = c.Link(e)
+	}
+	if err != nil {
+		return e, nil, err
+	}
+	return e, p, nil
+}
+
+// Check is the part of Chain.Check that needs no history: everything but
+// the event's place in its aggregate's chain. It is safe for concurrent
+// use, so that readers of long histories can check signatures on every
+// core and then Link the results in stream order.
+func (k *Keys) Check(aggregate string, data []byte) (Envelope, Payload, error) {
 	e, err := Unmarshal(data)
 	if err != nil {
 		return e, nil, invalid(ReasonMalformed, err)
@@ -81,7 +96,7 @@ func (c *Chain) Check(aggregate string, data []byte) (Envelope, Payload, error) 
 	if !bytes.Equal(e.ComputeHash(), e.Hash) {
 		return e, nil, invalid(ReasonBadHash, ErrBadHash)
 	}
-	if err := c.keys.Verify(e.KeyID, e.Hash, e.Sig); err != nil {
+	if err := k.Verify(e.KeyID, e.Hash, e.Sig); err != nil {
 		reason := ReasonBadSignature
 		switch {
 		case errors.Is(err, ErrUnsigned):
@@ -98,11 +113,18 @@ func (c *Chain) Check(aggregate string, data []byte) (Envelope, Payload, error) 
 	if err != nil && !errors.Is(err, ErrUnknownType) {
 		return e, nil, invalid(ReasonMalformed, err)
 	}
-	if !bytes.Equal(e.Prev, c.last[aggregate]) {
-		return e, nil, invalid(ReasonOutOfPlace, ErrBrokenChain)
-	}
-	c.last[aggregate] = e.Hash
 	return e, p, nil
+}
+
+// Link is the part of Chain.Check that needs the history, for an event
+// that passed Keys.Check: its prev must be the hash of the last valid
+// event of its aggregate, and it becomes that event.
+func (c *Chain) Link(e Envelope) error {
+	if !bytes.Equal(e.Prev, c.last[e.Aggregate]) {
+		return invalid(ReasonOutOfPlace, ErrBrokenChain)
+	}
+	c.last[e.Aggregate] = e.Hash
+	return nil
 }
 
 // validPayload is the schema beyond decoding: what readers rely on.
