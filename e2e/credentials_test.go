@@ -66,6 +66,7 @@ func TestCredentials(t *testing.T) {
 
 	t.Run("a node with node credentials serves", func(t *testing.T) {
 		p := startNodeProcess(t, "with-creds", "--nats-url", c.natsURL, "--nats-creds", write(t, dir, "node"),
+			"--events-public-key", eventsKeyFile(t, dir),
 			"--http-addr", "127.0.0.1:0")
 		k := s.createKey("acme", "k")
 		n := newNodeAPI(t, "with-creds", p.waitListening(t, 30*time.Second))
@@ -73,7 +74,8 @@ func TestCredentials(t *testing.T) {
 		pollNode(t, 10*time.Second, "the new key on the node", func() (response, error) { return n.apps(key) }, "200")
 	})
 	t.Run("an auditor verifies with auditor credentials", func(t *testing.T) {
-		code, out, stderr := runTelkeys(t, "audit", "verify", "--nats-url", c.natsURL, "--nats-creds", write(t, dir, "auditor"))
+		code, out, stderr := runTelkeys(t, "audit", "verify", "--nats-url", c.natsURL, "--nats-creds", write(t, dir, "auditor"),
+			"--events-public-key", eventsKeyFile(t, dir))
 		if code != 0 || !strings.Contains(out, "intact") {
 			t.Fatalf("exit %d: %s%s", code, out, stderr)
 		}
@@ -104,14 +106,15 @@ func TestCredentials(t *testing.T) {
 	} {
 		t.Run("a node with "+bad.name+" stops", func(t *testing.T) {
 			creds := bad.creds(t)
-			code, out := runNode(t, append([]string{"--nats-url", c.natsURL}, creds...)...)
+			code, out := runNode(t, append([]string{"--nats-url", c.natsURL, "--events-public-key", eventsKeyFile(t, dir)}, creds...)...)
 			lines := strings.Split(strings.TrimSpace(out), "\n")
 			if code != 1 || len(lines) != 1 || !strings.Contains(out, bad.reason) || (len(creds) == 2 && !strings.Contains(out, creds[1])) {
 				t.Fatalf("exit %d, want 1 and one line naming the file and %q:\n%s", code, bad.reason, out)
 			}
 		})
 		t.Run("an auditor with "+bad.name+" stops", func(t *testing.T) {
-			code, out, stderr := runTelkeys(t, append([]string{"audit", "verify", "--nats-url", c.natsURL}, bad.creds(t)...)...)
+			code, out, stderr := runTelkeys(t, append([]string{"audit", "verify", "--nats-url", c.natsURL,
+				"--events-public-key", eventsKeyFile(t, dir)}, bad.creds(t)...)...)
 			if code != 1 || out != "" || !strings.Contains(stderr, bad.reason) || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
 				t.Fatalf("exit %d, stdout %q, stderr %q", code, out, stderr)
 			}

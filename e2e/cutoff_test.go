@@ -10,6 +10,7 @@ import (
 
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/bus/bustest"
+	"github.com/telapi/telkeys/events"
 	"github.com/telapi/telkeys/keyauth"
 	"github.com/telapi/telkeys/node"
 )
@@ -25,7 +26,8 @@ func TestNodeCutOffFromNATS(t *testing.T) {
 	proxy := cutOffNATS(t, s)
 	const staleness = 2 * time.Second
 	addr := startNodeInProcess(t, node.Config{NATSURL: "nats://" + proxy.addr, NATSCreds: s.credsFor(bus.RoleNode),
-		HTTPAddr: "127.0.0.1:0", MaxStaleness: staleness, Name: "cutoff-node"})
+		EventsPublicKey: eventsKeyFile(t, s.cfg.DataDir),
+		HTTPAddr:        "127.0.0.1:0", MaxStaleness: staleness, Name: "cutoff-node"})
 	n := newNodeAPI(t, "cutoff-node", addr)
 
 	s.configureTeam("acme", true, 100, nil)
@@ -162,7 +164,11 @@ func TestReconnectNeverAnswersFromStaleState(t *testing.T) {
 	}
 	defer nc.Close()
 	const staleness = 1500 * time.Millisecond
-	v, err := keyauth.New(context.Background(), nc, keyauth.Config{Name: "race", MaxStaleness: staleness})
+	keys, err := events.ReadPublicKeys(eventsKeyFile(t, s.cfg.DataDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := keyauth.New(context.Background(), nc, keyauth.Config{Name: "race", MaxStaleness: staleness, Keys: keys})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -186,7 +186,8 @@ func TestFlood(t *testing.T) {
 		t.Fatal("telkeys did not log its embedded NATS client_url before listening")
 	}
 	nd := startLimitedProcess(t, "telapi-node", floodNofile, bin.telapiNode, "--name", "flood-node",
-		"--nats-url", natsURL, "--nats-creds", natsCreds(t, dataDir, bus.RoleNode), "--http-addr", "127.0.0.1:0", "--max-staleness", "5s")
+		"--nats-url", natsURL, "--nats-creds", natsCreds(t, dataDir, bus.RoleNode), "--events-public-key", eventsKeyFile(t, dataDir),
+		"--http-addr", "127.0.0.1:0", "--max-staleness", "5s")
 	ndAddr := nd.waitListening(t, 30*time.Second)
 
 	// Requests on a new connection each: a new connection is what a

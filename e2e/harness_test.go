@@ -23,6 +23,7 @@ import (
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/bus/bustest"
 	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/events"
 	"github.com/telapi/telkeys/service"
 )
 
@@ -368,10 +369,31 @@ func (s *testService) credsFor(role bus.Role) string {
 }
 
 // sharingNATSOf makes a service use a's embedded NATS, as a second
-// instance would, with service credentials.
+// instance would, with service credentials and a's signing key.
 func sharingNATSOf(a *testService) func(*service.Config) {
 	creds := a.credsFor(bus.RoleService)
-	return func(c *service.Config) { c.NATSURL, c.NATSCreds = a.NATSURL, creds }
+	return func(c *service.Config) {
+		c.NATSURL, c.NATSCreds, c.SigningKey = a.NATSURL, creds, service.SigningKeyPath(a.cfg.DataDir)
+	}
+}
+
+// eventsKeyFile writes the public key of the signing key telkeys serve
+// keeps in dataDir, as "telkeys events-key" does: what nodes trust.
+func eventsKeyFile(t testing.TB, dataDir string) string {
+	t.Helper()
+	s, err := events.LoadSigningKey(service.SigningKeyPath(dataDir), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem, err := events.EncodePublicKeys(s.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "events-public.pem")
+	if err := os.WriteFile(path, pem, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // natsCreds writes credentials of role signed by the NATS authority that

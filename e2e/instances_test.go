@@ -2,12 +2,14 @@ package e2e
 
 import (
 	"context"
+	"path/filepath"
 	"sync"
 	"testing"
 
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/bus/bustest"
+	"github.com/telapi/telkeys/events"
 	"github.com/telapi/telkeys/service"
 )
 
@@ -102,7 +104,11 @@ func TestReadYourWritesAcrossInstances(t *testing.T) {
 func TestProjectionFailsOverWhenAnInstanceStops(t *testing.T) {
 	ns := bustest.NewServer(t)
 	creds := bustest.Creds(t, ns.Authority, bus.RoleService)
-	external := func(c *service.Config) { c.NATSURL, c.NATSCreds = ns.ClientURL(), creds }
+	key := filepath.Join(t.TempDir(), "signing.key") // one deployment, one key
+	if _, err := events.LoadSigningKey(key, true); err != nil {
+		t.Fatal(err)
+	}
+	external := func(c *service.Config) { c.NATSURL, c.NATSCreds, c.SigningKey = ns.ClientURL(), creds, key }
 	a, b := startService(t, external), startService(t, external)
 	a.enableTeam("acme", 100)
 	tok := a.token(auth.RoleMember, "acme")

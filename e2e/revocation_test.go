@@ -70,6 +70,7 @@ func startNodeCluster(t *testing.T, n int) (*testService, []*nodeAPI) {
 	nodes := make([]*process, n)
 	for i := range nodes {
 		nodes[i] = startNodeProcess(t, fmt.Sprintf("node-%d", i+1), "--nats-url", c.natsURL, "--nats-creds", natsCreds(t, c.dataDir, bus.RoleNode),
+			"--events-public-key", eventsKeyFile(t, c.dataDir),
 			"--http-addr", "127.0.0.1:0", "--max-staleness", "5s", "--webhook-secret", webhookSecret)
 	}
 	s := serviceAt(t, c.base)

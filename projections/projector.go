@@ -103,7 +103,10 @@ func (p *Projector) consume(ctx context.Context) error {
 	if err := p.rewindIfLost(ctx); err != nil {
 		return err
 	}
-	it, err := p.h.Projector.Messages(jetstream.PullMaxMessages(maxBatch), jetstream.PullPriorityGroup(bus.ProjectorGroup))
+	// Pull requests expire after 2 s, not nats.go's 30 s: an instance
+	// waiting for the pin asks again soon after the pinned one is gone.
+	it, err := p.h.Projector.Messages(jetstream.PullMaxMessages(maxBatch), jetstream.PullPriorityGroup(bus.ProjectorGroup),
+		jetstream.PullExpiry(2*time.Second))
 	if err != nil {
 		return fmt.Errorf("projections: consume: %w", err)
 	}
@@ -158,10 +161,17 @@ func (p *Projector) applyBatch(ctx context.Context, batch []jetstream.Msg) error
 			ack = m
 			continue
 		case seq > next:
-			// Earlier events were delivered elsewhere (to an instance that
-			// died) or their writes were lost in a crash. Have the consumer
-			// deliver again from the checkpoint, on this same subscription,
-			// and skip what was already buffered.
+			// Earlier events were applied by another instance (this one
+			// waited for the pin meanwhile), or delivered to an instance
+			// that died, or their writes were lost in a crash. If the
+			// checkpoint moved, this instance's cache is stale: start again
+			// from the bucket. Otherwise have the consumer deliver again
+			// from the checkpoint, on this same subscription, and skip what
+			// was already buffered.
+			delete(p.cache, bus.CheckpointKey)
+			if now, _, err := p.checkpoint(ctx); err != nil || now != cp {
+				return errors.Join(err, fmt.Errorf("projections: the checkpoint moved from %d to %d", cp, now))
+			}
 			if err := p.rewind(ctx, next); err != nil {
 				return err
 			}
@@ -177,9 +187,11 @@ func (p *Projector) applyBatch(ctx context.Context, batch []jetstream.Msg) error
 		if err := w.flush(ctx); err != nil {
 			return err
 		}
-		// The checkpoint goes last, after every record write is stored: the
-		// bucket is one stream, so a crash that loses writes loses a suffix,
-		// and a surviving checkpoint implies every write before it.
+		// The chain records and then the checkpoint go last, after every
+		// record write is stored: the bucket is one stream, so a crash that
+		// loses writes loses a suffix, and a surviving chain record or
+		// checkpoint implies every write before it.
+		w.ops, w.late = append(w.ops, w.late...), nil
 		w.put(bus.CheckpointKey, cpRev, strconv.AppendUint(nil, next-1, 10))
 		if err := w.flush(ctx); err != nil {
 			return err
@@ -284,7 +296,9 @@ func (p *Projector) apply(ctx context.Context, w *writes, seq uint64, subject st
 		}))
 		return nil
 	}
-	w.put(chainKey, rev, mustMarshal(ChainRecord{Seq: seq, Hash: ev.Hash}))
+	val := mustMarshal(ChainRecord{Seq: seq, Hash: ev.Hash})
+	w.late = append(w.late, op{key: chainKey, rev: rev, val: val})
+	w.p.cache[chainKey] = cached{rev: pendingRev, val: val}
 	if payload == nil {
 		p.log.Warn("projector: skipping event of unknown type", "seq", seq, "type", ev.Type)
 		return nil
@@ -371,8 +385,12 @@ func (p *Projector) apply(ctx context.Context, w *writes, seq uint64, subject st
 
 // writes collects one batch's writes in order, and sees its own writes.
 type writes struct {
-	p       *Projector
-	ops     []op
+	p   *Projector
+	ops []op
+	// late are the chain records, written after every other record of
+	// the batch: a chain record that survives a crash then vouches that
+	// the batch's other writes did too, so skipping what it covers is safe.
+	late    []op
 	touched map[string]bool // key lists changed by the batch
 }
 

@@ -229,7 +229,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (svc *Service, err
 	}
 	svc.api, err = api.New(api.Config{
 		Commands: cmds, Queries: projections.NewReadModel(svc.h), Projection: tracker, Verifier: svc.validator,
-		Audit: audit.Log{JS: js, Keys: keys}, Auth: authority, Metrics: metrics, Gatherer: reg, Log: log, DevLogin: cfg.DevLogin,
+		Audit: &audit.Log{JS: js, Keys: keys}, Auth: authority, Metrics: metrics, Gatherer: reg, Log: log, DevLogin: cfg.DevLogin,
 		Ready: func(ctx context.Context) error { return svc.ready(ctx, tracker, readyAt) },
 	})
 	if err != nil {
