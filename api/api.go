@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/telapi/telkeys/apikey"
 	"github.com/telapi/telkeys/audit"
 	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/barrier"
 	"github.com/telapi/telkeys/commands"
 	"github.com/telapi/telkeys/events"
 	"github.com/telapi/telkeys/keyauth"
@@ -70,8 +72,17 @@ type AuditLog interface {
 	Page(ctx context.Context, f audit.Filter) ([]audit.View, error)
 }
 
+// Nodes is the registry of live TelAPI nodes and the revocation barrier
+// (package barrier).
+type Nodes interface {
+	Wait(ctx context.Context, seq uint64, start time.Time) (confirmed, live int)
+	Nodes() []barrier.Node
+	Bound() time.Duration
+}
+
 // Verifier is the server's own validator (package keyauth).
 type Verifier interface {
+	Applied() uint64
 	Verify(key, scope string) keyauth.Result
 	Usage(team string) (today, limit int64)
 	WaitApplied(ctx context.Context, seq uint64) error
@@ -83,6 +94,7 @@ type Config struct {
 	Queries    Queries
 	Projection Projection
 	Verifier   Verifier
+	Nodes      Nodes
 	Audit      AuditLog
 	Auth       *auth.Authority
 	// Ready reports why the service cannot serve yet, or nil.
@@ -102,7 +114,7 @@ type Config struct {
 func (c Config) Validate() error {
 	var errs []error
 	for name, missing := range map[string]bool{
-		"Commands": c.Commands == nil, "Queries": c.Queries == nil, "Projection": c.Projection == nil, "Verifier": c.Verifier == nil, "Audit": c.Audit == nil,
+		"Commands": c.Commands == nil, "Queries": c.Queries == nil, "Projection": c.Projection == nil, "Verifier": c.Verifier == nil, "Nodes": c.Nodes == nil, "Audit": c.Audit == nil,
 		"Auth": c.Auth == nil, "Ready": c.Ready == nil, "Metrics": c.Metrics == nil,
 		"Gatherer": c.Gatherer == nil, "Log": c.Log == nil,
 	} {
@@ -173,6 +185,7 @@ func New(cfg Config) (*Server, error) {
 	v1.Post("/keys/verify", s.verify)
 	v1.Get("/audit/events", s.auditEvents)
 	v1.Get("/audit/quarantine", s.auditQuarantine)
+	v1.Get("/nodes", s.listNodes)
 	return s, nil
 }
 
@@ -301,7 +314,21 @@ func (s *Server) readyz(c *fiber.Ctx) error {
 // produced it, and this server's verify endpoint already refuses a key
 // deleted by it. The command has already happened, so a timeout is logged,
 // not returned.
-func (s *Server) readYourWrites(c *fiber.Ctx, seq uint64) {
+func (s *Server) readYourWrites(c *fiber.Ctx, res commands.Result) {
+	seq := res.Seq
+	if res.Revokes {
+		// The revocation barrier: answer once every live node refuses
+		// what the command took away, or once the bound has fenced the
+		// nodes that have not applied it.
+		bctx, cancel := context.WithTimeout(c.UserContext(), s.cfg.Nodes.Bound()+time.Second)
+		confirmed, live := s.cfg.Nodes.Wait(bctx, seq, res.Event.Time)
+		cancel()
+		c.Set("Telkeys-Nodes-Confirmed", strconv.Itoa(confirmed)+"/"+strconv.Itoa(live))
+		if confirmed < live {
+			s.cfg.Log.Warn("revocation barrier: nodes did not confirm within the bound; they have fenced themselves",
+				"seq", seq, "confirmed", confirmed, "live", live)
+		}
+	}
 	ctx, cancel := context.WithTimeout(c.UserContext(), 10*time.Second)
 	defer cancel()
 	if err := s.cfg.Verifier.WaitApplied(ctx, seq); err != nil {

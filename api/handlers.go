@@ -50,6 +50,13 @@ type (
 	flagsJSON struct {
 		WebRTC bool `json:"webrtc"`
 	}
+	nodeJSON struct {
+		Name       string `json:"name"`
+		AppliedSeq uint64 `json:"applied_seq"`
+		Lag        uint64 `json:"lag"`
+		LastSeen   string `json:"last_seen"`
+		State      string `json:"state"`
+	}
 	quarantinedJSON struct {
 		Seq      uint64 `json:"seq"`
 		Subject  string `json:"subject"`
@@ -157,7 +164,7 @@ func (s *Server) putWebRTC(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	s.readYourWrites(c, res.Seq)
+	s.readYourWrites(c, res)
 	return c.JSON(flagsJSON{WebRTC: *body.Enabled})
 }
 
@@ -213,7 +220,7 @@ func (s *Server) putAccess(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	s.readYourWrites(c, res.Seq)
+	s.readYourWrites(c, res)
 	return c.JSON(accessJSON(cfg))
 }
 
@@ -289,7 +296,7 @@ func (s *Server) createKey(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	s.readYourWrites(c, k.Result.Seq)
+	s.readYourWrites(c, k.Result)
 	c.Set(fiber.HeaderCacheControl, "no-store")
 	return c.Status(fiber.StatusCreated).JSON(createdKeyJSON{
 		keyJSON: keyJSON{
@@ -317,7 +324,7 @@ func (s *Server) deleteKey(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	s.readYourWrites(c, res.Seq)
+	s.readYourWrites(c, res)
 	return c.SendStatus(fiber.StatusNoContent)
 }
 
@@ -352,6 +359,25 @@ func (s *Server) verify(c *fiber.Ctx) error {
 }
 
 // auditEvents pages through the history by stream sequence.
+// listNodes shows the TelAPI nodes telkeys has heard from: how far each
+// has applied the events, and whether the revocation barrier waits for it.
+func (s *Server) listNodes(c *fiber.Ctx) error {
+	if _, err := allow(c, auth.RoleSuperadmin, auth.RoleAuditor); err != nil {
+		return err
+	}
+	head := s.cfg.Verifier.Applied()
+	out := []nodeJSON{}
+	for _, n := range s.cfg.Nodes.Nodes() {
+		state := "stale"
+		if n.Live {
+			state = "current"
+		}
+		out = append(out, nodeJSON{Name: n.Name, AppliedSeq: n.Applied, Lag: head - min(head, n.Applied),
+			LastSeen: formatTime(n.LastSeen), State: state})
+	}
+	return c.JSON(fiber.Map{"nodes": out})
+}
+
 // auditQuarantine lists the stored messages that are not valid events:
 // skipped by every reader, never applied.
 func (s *Server) auditQuarantine(c *fiber.Ctx) error {

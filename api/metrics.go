@@ -57,6 +57,28 @@ func (m *Metrics) ObserveCommand(command string, err error, took time.Duration) 
 	m.commandDuration.WithLabelValues(command).Observe(took.Seconds())
 }
 
+// NodeLag exports how many events each live node is behind telkeys' own
+// validator: telkeys_node_lag_events{node}.
+func NodeLag(nodes Nodes, v Verifier) prometheus.Collector { return nodeLag{nodes, v} }
+
+type nodeLag struct {
+	nodes Nodes
+	v     Verifier
+}
+
+var nodeLagDesc = prometheus.NewDesc("telkeys_node_lag_events", "Events a live TelAPI node has yet to apply.", []string{"node"}, nil)
+
+func (nodeLag) Describe(ch chan<- *prometheus.Desc) { ch <- nodeLagDesc }
+
+func (l nodeLag) Collect(ch chan<- prometheus.Metric) {
+	head := l.v.Applied()
+	for _, n := range l.nodes.Nodes() {
+		if n.Live {
+			ch <- prometheus.MustNewConstMetric(nodeLagDesc, prometheus.GaugeValue, float64(head-min(head, n.Applied)), n.Name)
+		}
+	}
+}
+
 // Quarantined counts one message that is not a valid event; it fits
 // projections.Projector.OnQuarantine.
 func (m *Metrics) Quarantined(reason string) { m.quarantined.WithLabelValues(reason).Inc() }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/telapi/telkeys/audit"
 	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/barrier"
 	"github.com/telapi/telkeys/commands"
 	"github.com/telapi/telkeys/events"
 	"github.com/telapi/telkeys/keyauth"
@@ -70,6 +71,7 @@ type stubVerifier struct{}
 func (stubVerifier) Verify(string, string) keyauth.Result      { panic("stub: Verify called") }
 func (stubVerifier) Usage(string) (int64, int64)               { panic("stub: Usage called") }
 func (stubVerifier) WaitApplied(context.Context, uint64) error { panic("stub: WaitApplied called") }
+func (stubVerifier) Applied() uint64                           { panic("stub: Applied called") }
 
 type stubAudit struct{}
 
@@ -100,6 +102,7 @@ func newRouteOnlyServer(t *testing.T) *Server {
 		Queries:    stubQueries{},
 		Projection: stubProjection{},
 		Verifier:   stubVerifier{},
+		Nodes:      barrier.New(barrier.DefaultBound, nil),
 		Audit:      stubAudit{},
 		Auth:       a,
 		Ready:      func(context.Context) error { return nil },

@@ -81,8 +81,9 @@ func notTheProjector() []string {
 	}
 }
 
-// Grants is the permission table. Everything not allowed is refused.
-func Grants(r Role) (Grant, error) {
+// Grants is the permission table, for credentials of role r named name.
+// Everything not allowed is refused.
+func Grants(r Role, name string) (Grant, error) {
 	switch r {
 	case RoleService:
 		return Grant{PubAllow: []string{">"}, SubAllow: []string{">"}}, nil
@@ -97,7 +98,8 @@ func Grants(r Role) (Grant, error) {
 			"$JS.API.DIRECT.GET."+UsageStream+".>", // a team's count today
 			UsageSubjectPrefix+">",                 // usage increments
 			"$JS.API.STREAM.INFO."+LastUsedStream,
-			LastUsedSubjectPrefix+">", // last-used times
+			LastUsedSubjectPrefix+">",     // last-used times
+			NodeAppliedSubject(name, "*"), // what it has applied, under its own name
 		)
 		return Grant{PubAllow: pub, PubDeny: notTheProjector(),
 			SubAllow: []string{InboxPrefix(r) + ".>", HeartbeatSubject}}, nil
@@ -227,7 +229,10 @@ func (a *Authority) AccountID() string {
 // expiry), and returns it as a standard .creds file (the nats CLI's
 // --creds).
 func (a *Authority) Credentials(r Role, name string, ttl time.Duration) ([]byte, error) {
-	g, err := Grants(r)
+	if !ValidName(name) {
+		return nil, fmt.Errorf("bus: credentials name %q: want 1-64 characters of A-Z a-z 0-9 _ -", name)
+	}
+	g, err := Grants(r, name)
 	if err != nil {
 		return nil, err
 	}
@@ -256,23 +261,37 @@ func (a *Authority) Credentials(r Role, name string, ttl time.Duration) ([]byte,
 	return jwt.FormatUserConfig(token, seed)
 }
 
+// ValidName reports whether s can name credentials or a node: one NATS
+// subject token of 1-64 characters of [A-Za-z0-9_-].
+func ValidName(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
 // ErrCredentials is a credentials file that cannot be used.
 var ErrCredentials = errors.New("bus: unusable NATS credentials")
 
 // CheckCredentials reads a .creds file and says why it cannot be used:
-// missing, unreadable, malformed, or expired. It returns the role the
-// credentials carry.
-func CheckCredentials(path string) (Role, error) {
+// missing, unreadable, malformed, or expired. It returns the role and the
+// name the credentials carry.
+func CheckCredentials(path string) (Role, string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return "", fmt.Errorf("%w: %s: %v", ErrCredentials, path, errors.Unwrap(err))
+		return "", "", fmt.Errorf("%w: %s: %v", ErrCredentials, path, errors.Unwrap(err))
 	}
 	return checkCredentials(data, path)
 }
 
-func checkCredentials(data []byte, source string) (Role, error) {
-	fail := func(why string, args ...any) (Role, error) {
-		return "", fmt.Errorf("%w: %s: %s", ErrCredentials, source, fmt.Sprintf(why, args...))
+func checkCredentials(data []byte, source string) (Role, string, error) {
+	fail := func(why string, args ...any) (Role, string, error) {
+		return "", "", fmt.Errorf("%w: %s: %s", ErrCredentials, source, fmt.Sprintf(why, args...))
 	}
 	token, err := jwt.ParseDecoratedJWT(data)
 	if err != nil {
@@ -290,8 +309,8 @@ func checkCredentials(data []byte, source string) (Role, error) {
 	}
 	for _, tag := range uc.Tags {
 		if r, ok := strings.CutPrefix(tag, "role:"); ok {
-			if _, err := Grants(Role(r)); err == nil {
-				return Role(r), nil
+			if _, err := Grants(Role(r), uc.Name); err == nil {
+				return Role(r), uc.Name, nil
 			}
 		}
 	}

@@ -49,6 +49,12 @@ const (
 	// BucketSnapshots holds write-model snapshots, by aggregate.
 	BucketSnapshots = "telkeys_snapshots"
 
+	// NodesAppliedPrefix + <credentials name>.<node name> carries, on core
+	// NATS, the last event sequence a node has applied: at every heartbeat,
+	// and at once after an event that takes access away. telkeys waits for
+	// it before it answers such a command (the revocation barrier).
+	NodesAppliedPrefix = "telkeys.nodes.applied."
+
 	// HeartbeatSubject carries, on core NATS, telkeys' heartbeat: the last
 	// stored event sequence, about every second. Validators that hear
 	// nothing for too long stop answering VALID.
@@ -137,6 +143,12 @@ func IsWrongLastSequence(err error) bool {
 
 // EventSubject returns the subject of an aggregate's events.
 func EventSubject(aggregate string) string { return EventSubjectPrefix + aggregate }
+
+// NodeAppliedSubject is where a node named node, holding credentials named
+// creds, reports what it has applied. Node credentials may publish only
+// under their own name, so a node can speak for the nodes that share its
+// credentials and no other.
+func NodeAppliedSubject(creds, node string) string { return NodesAppliedPrefix + creds + "." + node }
 
 // LastUsedSubject is the subject of a key's last-used time; a team's
 // match LastUsedSubject(team, ">").

@@ -178,7 +178,7 @@ func Dial(c ClientConfig) (*nats.Conn, error) {
 		}
 		source = c.Creds
 	}
-	role, err := checkCredentials(data, source)
+	role, _, err := checkCredentials(data, source)
 	if err != nil {
 		return nil, err
 	}

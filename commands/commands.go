@@ -25,10 +25,13 @@ func (h *Handler) ConfigureTeamAccess(ctx context.Context, actor events.Actor, t
 	if err != nil {
 		return cfg, Result{}, err
 	}
+	revokes := false
 	res, err := h.execute(ctx, "ConfigureTeamAccess", events.TeamAggregate(team), newTeam, actor,
-		func(State) (events.Payload, error) {
+		func(s State) (events.Payload, error) {
+			revokes = s.(*domain.Team).TakesAccessAway(cfg)
 			return events.TeamAccessConfigured{AccessConfig: cfg}, nil
 		})
+	res.Revokes = revokes
 	return cfg, res, err
 }
 
@@ -37,10 +40,14 @@ func (h *Handler) SetPlatformFlag(ctx context.Context, actor events.Actor, flag 
 	if flag != events.FlagWebRTC {
 		return Result{}, invalid("flag", "unknown flag")
 	}
-	return h.execute(ctx, "SetPlatformFlag", events.PlatformAggregate, newPlatform, actor,
-		func(State) (events.Payload, error) {
+	revokes := false
+	res, err := h.execute(ctx, "SetPlatformFlag", events.PlatformAggregate, newPlatform, actor,
+		func(s State) (events.Payload, error) {
+			revokes = s.(*domain.Platform).WebRTC() && !enabled
 			return events.PlatformFlagSet{Flag: flag, Enabled: enabled}, nil
 		})
+	res.Revokes = revokes
+	return res, err
 }
 
 // CreatedKey is a new key. Plaintext exists here and in the create response
@@ -108,7 +115,7 @@ func (h *Handler) DeleteKey(ctx context.Context, actor events.Actor, team, keyID
 	if !ValidKeyID(keyID) {
 		return Result{}, invalid("id", "must be key_ followed by a ULID")
 	}
-	return h.execute(ctx, "DeleteKey", events.TeamAggregate(team), newTeam, actor,
+	res, err := h.execute(ctx, "DeleteKey", events.TeamAggregate(team), newTeam, actor,
 		func(s State) (events.Payload, error) {
 			k, err := s.(*domain.Team).CheckDelete(keyID, requireEnabled)
 			if err != nil {
@@ -116,4 +123,6 @@ func (h *Handler) DeleteKey(ctx context.Context, actor events.Actor, team, keyID
 			}
 			return events.KeyDeleted{KeyID: keyID, Hash: k.Hash}, nil
 		})
+	res.Revokes = err == nil
+	return res, err
 }

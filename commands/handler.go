@@ -133,6 +133,10 @@ func (a *aggregate) hash() []byte { return a.chain.Last(a.id) }
 type Result struct {
 	Seq   uint64
 	Event events.Envelope
+	// Revokes: the event takes access away from keys that had it (a key
+	// deleted, a team disabled or a scope removed, webrtc turned off). The
+	// API holds its answer until every node has applied it.
+	Revokes bool
 }
 
 func (h *Handler) aggregate(id string, newState func() State) *aggregate {

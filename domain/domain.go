@@ -133,6 +133,25 @@ func (t *Team) CheckDelete(keyID string, requireEnabled bool) (Key, error) {
 	return k, nil
 }
 
+// TakesAccessAway reports whether configuring the team with c would stop
+// keys that work now: the team is disabled, or a scope is removed. Such a
+// change, like deleting a key or turning webrtc off, is held until every
+// TelAPI node has applied it (the revocation barrier).
+func (t *Team) TakesAccessAway(c events.AccessConfig) bool {
+	if !t.Config.Enabled {
+		return false
+	}
+	if !c.Enabled {
+		return true
+	}
+	for _, s := range t.Config.AllowedScopes {
+		if !slices.Contains(c.AllowedScopes, s) {
+			return true
+		}
+	}
+	return false
+}
+
 // EffectiveScopes is what a key may do: its own scopes ∩ the team's
 // allowed scopes, in the key's order. Removing a scope from a team takes
 // it from every key at once. (keyauth computes the same with bit sets.)

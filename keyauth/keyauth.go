@@ -91,6 +91,11 @@ type Config struct {
 	// Name identifies this node in usage counter message ids; it must be
 	// unique among nodes. Empty means a random name.
 	Name string
+	// Report, if set, is the subject on which the validator tells telkeys
+	// how far it has applied the events (bus.NodeAppliedSubject): at every
+	// heartbeat, and at once after an event that may take access away, so
+	// that telkeys can answer such a command once every node has it.
+	Report string
 	// MaxStaleness is how long the node serves without hearing telkeys'
 	// heartbeat. A heartbeat counts from the time telkeys dated it, and one
 	// dated more than MaxStaleness away from Now (either way) is ignored:

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -45,6 +48,12 @@ func (v *Validator) start(ctx context.Context) error {
 	v.cfg.Log.Debug("keyauth: state loaded", "from_key_index", fromIndex, "keys", v.st.keysCount.Load(),
 		"event", cp, "ms", time.Since(loadStart).Milliseconds())
 
+	if target > cp+replayAtLeast {
+		if err := v.replay(ctx, cp+1, target); err != nil {
+			return fmt.Errorf("keyauth: replaying events %d to %d: %w", cp+1, target, err)
+		}
+		cp = v.Applied()
+	}
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{bus.EventSubjects}}
 	if cp > 0 {
 		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
@@ -73,6 +82,10 @@ func (v *Validator) start(ctx context.Context) error {
 	v.cfg.Log.Info("keyauth ready", "node", v.cfg.Name, "keys", v.st.keysCount.Load(), "event", v.Applied())
 	return nil
 }
+
+// replayAtLeast is how many events behind the stream a validator must
+// start for it to replay them in parallel before following the stream.
+const replayAtLeast = 1000
 
 // stopWith stops a consumer when ctx ends.
 func (v *Validator) stopWith(ctx context.Context, cc jetstream.ConsumeContext) {
@@ -103,23 +116,104 @@ func (v *Validator) onEvent(m jetstream.Msg) {
 	if seq <= v.Applied() {
 		return
 	}
-	subject := m.Subject()
+	c := checked{seq: seq, subject: m.Subject()}
+	c.env, c.p, c.err = v.cfg.Keys.Check(strings.TrimPrefix(c.subject, bus.EventSubjectPrefix), m.Data())
 	v.st.applyMu.Lock()
-	ev, p, err := v.st.chain.Check(strings.TrimPrefix(subject, bus.EventSubjectPrefix), m.Data())
-	if err != nil {
-		v.st.applied.Advance(seq)
-		v.st.applyMu.Unlock()
-		v.rejected.Add(1)
-		reason := "malformed"
-		if inv, ok := errors.AsType[*events.Invalid](err); ok {
-			reason = inv.Reason
-		}
-		v.cfg.Log.Warn("keyauth: skipping a message that is not a valid event", "seq", seq, "subject", subject, "reason", reason, "err", err)
+	applied := v.applyChecked(c)
+	v.st.applyMu.Unlock()
+	if !applied {
 		return
 	}
-	v.st.apply(seq, ev, p)
-	v.st.applyMu.Unlock()
 	v.heard(v.cfg.Now().UnixNano())
+	switch c.p.(type) {
+	case events.KeyDeleted, events.TeamAccessConfigured, events.PlatformFlagSet:
+		v.report() // telkeys may be holding a command until this node has it
+	}
+}
+
+// checked is a stored message after events.Keys.Check: everything but its
+// place in its aggregate's chain.
+type checked struct {
+	seq     uint64
+	subject string
+	env     events.Envelope
+	p       events.Payload
+	err     error
+}
+
+// applyChecked finishes the one validity check (events.Chain.Link) and
+// applies the event, or skips the message; the caller holds applyMu.
+func (v *Validator) applyChecked(c checked) bool {
+	if c.err == nil {
+		c.err = v.st.chain.Link(c.env)
+	}
+	if c.err != nil {
+		v.st.applied.Advance(c.seq)
+		v.rejected.Add(1)
+		reason := "malformed"
+		if inv, ok := errors.AsType[*events.Invalid](c.err); ok {
+			reason = inv.Reason
+		}
+		v.cfg.Log.Warn("keyauth: skipping a message that is not a valid event", "seq", c.seq, "subject", c.subject, "reason", reason, "err", c.err)
+		return false
+	}
+	v.st.apply(c.seq, c.env, c.p)
+	return true
+}
+
+// replay applies the events up to target before the validator follows the
+// stream. Checking a signature costs about 45 µs, most of a replay, so it
+// checks a batch's signatures on every core, then links and applies the
+// batch in stream order.
+func (v *Validator) replay(ctx context.Context, from, target uint64) error {
+	cons, err := v.js.OrderedConsumer(ctx, bus.EventStream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{bus.EventSubjects},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy, OptStartSeq: from,
+	})
+	if err != nil {
+		return err
+	}
+	var batch []checked
+	var data [][]byte
+	flush := func() {
+		var wg sync.WaitGroup
+		workers := runtime.GOMAXPROCS(0)
+		for w := range workers {
+			wg.Go(func() {
+				for i := w; i < len(batch); i += workers {
+					c := &batch[i]
+					c.env, c.p, c.err = v.cfg.Keys.Check(strings.TrimPrefix(c.subject, bus.EventSubjectPrefix), data[i])
+				}
+			})
+		}
+		wg.Wait()
+		v.st.applyMu.Lock()
+		for _, c := range batch {
+			v.applyChecked(c)
+		}
+		v.st.applyMu.Unlock()
+		batch, data = batch[:0], data[:0]
+	}
+	err = bus.ReadPending(ctx, cons, func(m jetstream.Msg, md *jetstream.MsgMetadata) error {
+		if md.Sequence.Stream > target {
+			return bus.ErrStop
+		}
+		batch = append(batch, checked{seq: md.Sequence.Stream, subject: m.Subject()})
+		data = append(data, m.Data())
+		if len(batch) == 1024 {
+			flush()
+		}
+		return nil
+	})
+	flush()
+	return err
+}
+
+// report tells telkeys how far this node has applied (Config.Report).
+func (v *Validator) report() {
+	if v.cfg.Report != "" {
+		_ = v.nc.Publish(v.cfg.Report, strconv.AppendUint(nil, v.Applied(), 10))
+	}
 }
 
 // onHeartbeat records that telkeys is alive and how far its stream is. A
@@ -153,6 +247,7 @@ func (v *Validator) onHeartbeat(m *nats.Msg) {
 	// Fresh as of when telkeys said it, not when it arrived: a replay
 	// within MaxStaleness buys nothing.
 	v.heard(min(at.UnixNano(), now.UnixNano()))
+	v.report()
 }
 
 // streamHolds reports whether the event stream holds seq. A sequence the

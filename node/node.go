@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -55,6 +56,9 @@ func (c Config) Validate() error {
 	if c.NATSURL == "" {
 		errs = append(errs, errors.New("--nats-url is required"))
 	}
+	if c.Name != "" && !bus.ValidName(c.Name) {
+		errs = append(errs, errors.New("--name must be 1-64 characters of A-Z a-z 0-9 _ -"))
+	}
 	if c.EventsPublicKey == "" {
 		errs = append(errs, errors.New("--events-public-key is required: the telkeys event-signing public key (telkeys events-key --out FILE); without it the node cannot tell telkeys' events from forged ones"))
 	}
@@ -65,6 +69,25 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("--max-staleness must be positive"))
 	}
 	return errors.Join(errs...)
+}
+
+// DefaultName is a node's name when none is given: its host and process
+// id, which tell an operator where it runs.
+func DefaultName() string {
+	host, _ := os.Hostname()
+	var b strings.Builder
+	for _, r := range host {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('_')
+		}
+	}
+	name := b.String()
+	if name == "" {
+		name = "node"
+	}
+	return fmt.Sprintf("%.50s-%d", name, os.Getpid())
 }
 
 // Serve runs the node until ctx ends.
@@ -81,6 +104,13 @@ func Serve(ctx context.Context, c Config, log *slog.Logger) error {
 		_, _ = rand.Read(b[:])
 		c.WebhookSecret = hex.EncodeToString(b[:])
 	}
+	if c.Name == "" {
+		c.Name = DefaultName()
+	}
+	_, credsName, err := bus.CheckCredentials(c.NATSCreds)
+	if err != nil {
+		return err
+	}
 	// Pings every 2 s notice a dead connection within about 6 s, so the
 	// node stops answering VALID from a state it can no longer refresh.
 	nc, err := bus.Dial(bus.ClientConfig{
@@ -91,7 +121,8 @@ func Serve(ctx context.Context, c Config, log *slog.Logger) error {
 		return err
 	}
 	defer nc.Close()
-	v, err := keyauth.New(ctx, nc, keyauth.Config{Keys: keys, Name: c.Name, MaxStaleness: c.MaxStaleness, FailOpen: c.FailOpen, Log: log})
+	v, err := keyauth.New(ctx, nc, keyauth.Config{Keys: keys, Name: c.Name, MaxStaleness: c.MaxStaleness, FailOpen: c.FailOpen, Log: log,
+		Report: bus.NodeAppliedSubject(credsName, c.Name)})
 	if err != nil {
 		return err
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/telapi/telkeys/api/listener"
 	"github.com/telapi/telkeys/audit"
 	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/barrier"
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/commands"
 	"github.com/telapi/telkeys/events"
@@ -59,6 +60,10 @@ type Config struct {
 	// EventsPublicKey is a file of more keys to trust besides the signing
 	// key's own: the previous ones while a key is rotated.
 	EventsPublicKey string
+	// RevocationWait bounds how long a command that takes access away
+	// waits for the nodes to apply it: their MaxStaleness plus one
+	// heartbeat period (0: barrier.DefaultBound).
+	RevocationWait time.Duration
 }
 
 // SigningKeyPath is where telkeys serve keeps its event-signing key when
@@ -162,6 +167,7 @@ type Service struct {
 	api       *api.Server
 	httpErr   chan error
 	trackSub  *nats.Subscription
+	nodesSub  *nats.Subscription
 	stopBg    context.CancelFunc // stops the projector and the periodic work
 	bg        sync.WaitGroup
 	closeOnce sync.Once
@@ -210,7 +216,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (svc *Service, err
 	if err != nil {
 		return nil, err
 	}
-	if svc.validator, err = keyauth.New(ctx, svc.nc, keyauth.Config{Name: svc.name, Keys: keys, Signer: signer, Log: log.With("component", "keyauth")}); err != nil {
+	if svc.validator, err = keyauth.New(ctx, svc.nc, keyauth.Config{Name: svc.name, Keys: keys, Signer: signer, Log: log.With("component", "keyauth"),
+		// Without a key index (a first start on a long history) the
+		// validator checks every event's signature: about 25 s per
+		// million events on two cores.
+		ReadyTimeout: 10 * time.Minute}); err != nil {
 		return nil, err
 	}
 	stage("validator loaded")
@@ -220,6 +230,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (svc *Service, err
 	if err != nil {
 		return nil, err
 	}
+	if cfg.RevocationWait <= 0 {
+		cfg.RevocationWait = barrier.DefaultBound
+	}
+	nodes := barrier.New(cfg.RevocationWait, nil)
+	if svc.nodesSub, err = nodes.Subscribe(svc.nc); err != nil {
+		return nil, err
+	}
+	reg.MustRegister(api.NodeLag(nodes, svc.validator))
 	cmds, err := commands.New(commands.Config{
 		JS: js, Events: svc.h.Events, Snapshots: svc.h.Snapshots, Signer: signer, Keys: keys,
 		Log: log.With("component", "commands"), Observe: metrics.ObserveCommand,
@@ -228,7 +246,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (svc *Service, err
 		return nil, err
 	}
 	svc.api, err = api.New(api.Config{
-		Commands: cmds, Queries: projections.NewReadModel(svc.h), Projection: tracker, Verifier: svc.validator,
+		Commands: cmds, Queries: projections.NewReadModel(svc.h), Projection: tracker, Verifier: svc.validator, Nodes: nodes,
 		Audit: &audit.Log{JS: js, Keys: keys}, Auth: authority, Metrics: metrics, Gatherer: reg, Log: log, DevLogin: cfg.DevLogin,
 		Ready: func(ctx context.Context) error { return svc.ready(ctx, tracker, readyAt) },
 	})
@@ -456,8 +474,10 @@ func (s *Service) Shutdown(ctx context.Context) error {
 			s.writeKeyIndex(ctx, 1)
 			s.validator.Close()
 		}
-		if s.trackSub != nil {
-			_ = s.trackSub.Unsubscribe()
+		for _, sub := range []*nats.Subscription{s.trackSub, s.nodesSub} {
+			if sub != nil {
+				_ = sub.Unsubscribe()
+			}
 		}
 		if s.nc != nil {
 			if derr := s.nc.Drain(); derr == nil {

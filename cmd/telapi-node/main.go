@@ -42,7 +42,7 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&c.NATSCA, "nats-ca", "", "CA (PEM) that signed the NATS servers' TLS certificates")
 	fs.StringVar(&c.EventsPublicKey, "events-public-key", "", "telkeys' event-signing public key(s) (PEM, telkeys events-key --out FILE); required: only what they signed is believed")
 	fs.StringVar(&c.HTTPAddr, "http-addr", ":8081", "address of the node's HTTP API")
-	fs.StringVar(&c.Name, "name", "", "node name, unique among nodes (default: random)")
+	fs.StringVar(&c.Name, "name", "", "node name, unique among nodes ([A-Za-z0-9_-], default: <host>-<pid>)")
 	fs.DurationVar(&c.MaxStaleness, "max-staleness", 10*time.Second, "answer 503 after hearing nothing from telkeys for this long")
 	fs.BoolVar(&c.FailOpen, "fail-open", false, "keep answering from the last known state when stale (deleted keys may keep working while cut off)")
 	fs.StringVar(&c.WebhookSecret, "webhook-secret", "", "HMAC secret of /api/v1/webhooks; empty: a random one (webhooks always refused)")

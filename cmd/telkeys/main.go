@@ -26,6 +26,7 @@ import (
 
 	"github.com/telapi/telkeys/audit"
 	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/barrier"
 	"github.com/telapi/telkeys/bench"
 	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/cli"
@@ -104,6 +105,7 @@ func serve(ctx context.Context, args []string) error {
 	fs.StringVar(&c.AuthSecret, "auth-secret", "", "HS256 secret for bearer tokens, at least 32 bytes; if empty, one is generated once into --data-dir")
 	fs.BoolVar(&c.DevLogin, "dev-login", false, "DEVELOPMENT ONLY: let anyone sign in to the web UI as any role and team, without a token")
 	fs.StringVar(&c.SigningKey, "signing-key", "", "Ed25519 key (PEM) that signs events; every instance of a deployment uses the same; empty: the one in --data-dir, made on first start")
+	fs.DurationVar(&c.RevocationWait, "revocation-wait", barrier.DefaultBound, "how long a DELETE (or a team disabled, a scope removed, webrtc off) waits for every TelAPI node to apply it: the nodes' --max-staleness plus 1s")
 	fs.StringVar(&c.EventsPublicKey, "events-public-key", "", "more event-signing public keys to trust (PEM), e.g. the previous key while rotating")
 	logCfg := cli.LogFlags(fs)
 	intro := "Usage: telkeys serve [flags]\n\nRuns the API key service: the REST API, the projections that build the read\n" +
