@@ -107,10 +107,6 @@ func Serve(ctx context.Context, c Config, log *slog.Logger) error {
 	if c.Name == "" {
 		c.Name = DefaultName()
 	}
-	_, credsName, err := bus.CheckCredentials(c.NATSCreds)
-	if err != nil {
-		return err
-	}
 	// Pings every 2 s notice a dead connection within about 6 s, so the
 	// node stops answering VALID from a state it can no longer refresh.
 	nc, err := bus.Dial(bus.ClientConfig{
@@ -121,6 +117,10 @@ func Serve(ctx context.Context, c Config, log *slog.Logger) error {
 		return err
 	}
 	defer nc.Close()
+	_, credsName, err := bus.CheckCredentials(c.NATSCreds) // read by Dial just now
+	if err != nil {
+		return err
+	}
 	v, err := keyauth.New(ctx, nc, keyauth.Config{Keys: keys, Name: c.Name, MaxStaleness: c.MaxStaleness, FailOpen: c.FailOpen, Log: log,
 		Report: bus.NodeAppliedSubject(credsName, c.Name)})
 	if err != nil {
