@@ -255,7 +255,7 @@ func (b *bench) startNodes(ctx context.Context, n int) error {
 				errs[i] = err
 				return
 			}
-			v, err := keyauth.New(ctx, nc, keyauth.Config{Name: name, Keys: keys})
+			v, err := keyauth.New(ctx, nc, keyauth.Config{Name: name, Keys: keys, Report: bus.NodeAppliedSubject(name, name)})
 			if err != nil {
 				nc.Close()
 				errs[i] = err
