@@ -71,6 +71,8 @@ func (c Config) Validate() error {
 	}
 	if c.Signer == nil || c.Keys == nil {
 		errs = append(errs, errors.New("commands: a signer and the trusted keys are required"))
+	} else if c.Keys.Verify(c.Signer.KeyID(), []byte("x"), c.Signer.Sign([]byte("x"))) != nil {
+		errs = append(errs, errors.New("commands: the signing key is not among the trusted keys: the write model would reject its own events"))
 	}
 	return errors.Join(errs...)
 }

@@ -289,11 +289,16 @@ func (p *Projector) apply(ctx context.Context, w *writes, seq uint64, subject st
 	ev, payload, err := chain.Check(agg, data)
 	var bad *events.Invalid
 	if errors.As(err, &bad) {
-		p.log.Warn("projector: quarantined a message that is not a valid event", "seq", seq, "subject", subject, "reason", bad.Reason, "err", bad.Err)
-		p.OnQuarantine(bad.Reason)
-		w.put(bus.QuarantinePrefix+strconv.FormatUint(seq, 10), 0, mustMarshal(QuarantineRecord{
-			Seq: seq, Subject: subject, Reason: bad.Reason, Detail: bad.Err.Error(), StoredAt: stored, EventID: ev.ID,
-		}))
+		// Written once: on a replay after a crash or a failover the record
+		// exists, and the write's conflict only says so (see flush).
+		key := bus.QuarantinePrefix + strconv.FormatUint(seq, 10)
+		if _, seen := w.p.cache[key]; !seen {
+			p.log.Warn("projector: quarantined a message that is not a valid event", "seq", seq, "subject", subject, "reason", bad.Reason, "err", bad.Err)
+			p.OnQuarantine(bad.Reason)
+		}
+		val := mustMarshal(QuarantineRecord{Seq: seq, Subject: subject, Reason: bad.Reason, Detail: bad.Err.Error(), StoredAt: stored, EventID: ev.ID})
+		w.ops = append(w.ops, op{key: key, val: val, once: true})
+		w.p.cache[key] = cached{rev: pendingRev, val: val}
 		return nil
 	}
 	val := mustMarshal(ChainRecord{Seq: seq, Hash: ev.Hash})

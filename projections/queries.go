@@ -105,6 +105,7 @@ func (r *ReadModel) Quarantine(ctx context.Context) ([]QuarantineRecord, error) 
 	if err != nil {
 		return nil, err
 	}
+	defer lister.Stop()
 	out := []QuarantineRecord{}
 	for k := range lister.Keys() {
 		var rec QuarantineRecord
