@@ -31,7 +31,9 @@ import (
 )
 
 // Scenarios are the scenarios of telkeys bench, in the order of the report.
-var Scenarios = []string{"verify-local", "verify-http", "node-gate", "revoke", "create", "replay", "startup"}
+func Scenarios() []string {
+	return []string{"verify-local", "verify-http", "node-gate", "revoke", "create", "replay", "startup"}
+}
 
 // Config is every setting of telkeys bench.
 type Config struct {
@@ -58,8 +60,8 @@ type Config struct {
 func (c Config) Validate() error {
 	var errs []error
 	for _, s := range c.only() {
-		if !slices.Contains(Scenarios, s) {
-			errs = append(errs, fmt.Errorf("--only: unknown scenario %q; want some of %s", s, strings.Join(Scenarios, ",")))
+		if !slices.Contains(Scenarios(), s) {
+			errs = append(errs, fmt.Errorf("--only: unknown scenario %q; want some of %s", s, strings.Join(Scenarios(), ",")))
 		}
 	}
 	if c.Keys < 1000 || c.Keys > 10_000_000 {
@@ -185,7 +187,7 @@ func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 		CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), Figures: b.figures,
 	}
 	slices.SortStableFunc(rep.Figures, func(a, b Figure) int {
-		return slices.Index(Scenarios, a.Scenario) - slices.Index(Scenarios, b.Scenario)
+		return slices.Index(Scenarios(), a.Scenario) - slices.Index(Scenarios(), b.Scenario)
 	})
 	if cfg.JSON {
 		enc := json.NewEncoder(stdout)
@@ -213,7 +215,7 @@ type bench struct {
 
 func (b *bench) run(ctx context.Context) error {
 	needsData := false
-	for _, s := range Scenarios {
+	for _, s := range Scenarios() {
 		needsData = needsData || (s != "create" && b.cfg.wants(s))
 	}
 	if needsData {

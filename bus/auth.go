@@ -35,9 +35,6 @@ const (
 	RoleAuditor Role = "auditor"
 )
 
-// Roles lists every role.
-func Roles() []Role { return []Role{RoleService, RoleNode, RoleAuditor} }
-
 // Grant is one role's row of the permission table: the subjects it may
 // publish and subscribe to. Deny wins over Allow.
 type Grant struct {

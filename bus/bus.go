@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -143,6 +144,9 @@ func IsWrongLastSequence(err error) bool {
 
 // EventSubject returns the subject of an aggregate's events.
 func EventSubject(aggregate string) string { return EventSubjectPrefix + aggregate }
+
+// AggregateOf returns the aggregate whose subject an event is stored on.
+func AggregateOf(subject string) string { return strings.TrimPrefix(subject, EventSubjectPrefix) }
 
 // NodeAppliedSubject is where a node named node, holding credentials named
 // creds, reports what it has applied. Node credentials may publish only

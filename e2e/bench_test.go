@@ -42,7 +42,7 @@ func TestBenchQuick(t *testing.T) {
 			t.Errorf("%s / %s: target %q without a verdict, or the reverse", f.Scenario, f.Figure, f.Target)
 		}
 	}
-	for _, s := range bench.Scenarios {
+	for _, s := range bench.Scenarios() {
 		if seen[s] == 0 {
 			t.Errorf("scenario %s reported nothing", s)
 		}
@@ -65,7 +65,7 @@ func TestBenchUsage(t *testing.T) {
 	if code != 0 {
 		t.Errorf("--help: exit %d", code)
 	}
-	for _, s := range bench.Scenarios {
+	for _, s := range bench.Scenarios() {
 		if !strings.Contains(stderr, s) {
 			t.Errorf("--help does not explain %s", s)
 		}

@@ -82,6 +82,13 @@ func TestCredentials(t *testing.T) {
 	})
 
 	other := t.TempDir() // another authority, unknown to this server
+	if code, _, stderr := runTelkeys(t, "credentials", "--data-dir", other, "--role", "node", "--out", filepath.Join(other, "x.creds")); code != 1 ||
+		!strings.Contains(stderr, "no such file") {
+		t.Fatalf("credentials from a data dir without an authority: exit %d %s", code, stderr)
+	}
+	if code, _, stderr := runTelkeys(t, "credentials", "--data-dir", other, "--nats-config", filepath.Join(other, "auth.conf")); code != 0 {
+		t.Fatalf("making another authority: exit %d %s", code, stderr)
+	}
 	for _, bad := range []struct {
 		name, reason string
 		creds        func(t *testing.T) []string

@@ -7,7 +7,6 @@ import (
 	"math"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -117,7 +116,7 @@ func (v *Validator) onEvent(m jetstream.Msg) {
 		return
 	}
 	c := checked{seq: seq, subject: m.Subject()}
-	c.env, c.p, c.err = v.cfg.Keys.Check(strings.TrimPrefix(c.subject, bus.EventSubjectPrefix), m.Data())
+	c.env, c.p, c.err = v.cfg.Keys.Check(bus.AggregateOf(c.subject), m.Data())
 	v.st.applyMu.Lock()
 	applied := v.applyChecked(c)
 	v.st.applyMu.Unlock()
@@ -182,7 +181,7 @@ func (v *Validator) replay(ctx context.Context, from, target uint64) error {
 			wg.Go(func() {
 				for i := w; i < len(batch); i += workers {
 					c := &batch[i]
-					c.env, c.p, c.err = v.cfg.Keys.Check(strings.TrimPrefix(c.subject, bus.EventSubjectPrefix), data[i])
+					c.env, c.p, c.err = v.cfg.Keys.Check(bus.AggregateOf(c.subject), data[i])
 				}
 			})
 		}

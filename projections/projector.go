@@ -277,7 +277,7 @@ func (p *Projector) checkpoint(ctx context.Context) (uint64, uint64, error) {
 // valid event, so a message handled before (a replay after a crash) is
 // skipped, and a check resumes where the last one stopped.
 func (p *Projector) apply(ctx context.Context, w *writes, seq uint64, subject string, data []byte, stored time.Time) error {
-	agg := strings.TrimPrefix(subject, bus.EventSubjectPrefix)
+	agg := bus.AggregateOf(subject)
 	chainKey := bus.ChainPrefix + agg
 	var link ChainRecord
 	rev, err := w.get(ctx, chainKey, &link)

@@ -189,7 +189,7 @@ func eventsKey(args []string) error {
 
 func credentials(args []string) error {
 	fs := flag.NewFlagSet("credentials", flag.ContinueOnError)
-	dataDir := fs.String("data-dir", "./data", "data directory of the service, where its NATS authority is kept (made if missing)")
+	dataDir := fs.String("data-dir", "./data", "data directory of the service, where its NATS authority is kept (made only with --nats-config)")
 	role := fs.String("role", "", "service, node or auditor")
 	out := fs.String("out", "", "file to write the credentials to (mode 0600)")
 	name := fs.String("name", "", "who holds them, as the server will log it (default \"<role>\")")
@@ -207,7 +207,10 @@ func credentials(args []string) error {
 	if (*natsConfig == "") == (*out == "" || *role == "") {
 		return cli.Usage(errors.New("give --role and --out, or --nats-config"))
 	}
-	a, err := bus.LoadAuthority(bus.AuthDir(*dataDir), true)
+	// Credentials come from an authority that exists (telkeys serve made
+	// it, or --nats-config for a cluster): a mistyped --data-dir must not
+	// quietly make credentials that no server trusts.
+	a, err := bus.LoadAuthority(bus.AuthDir(*dataDir), *natsConfig != "")
 	if err != nil {
 		return err
 	}
@@ -359,7 +362,7 @@ func benchCmd(ctx context.Context, args []string) error {
 	var c bench.Config
 	fs.BoolVar(&c.Quick, "quick", false, "shrink every scenario to a few seconds (10000 keys, 1s loads, 50 deletes, 160 creates), to check that the harness works")
 	fs.BoolVar(&c.JSON, "json", false, "print the report as JSON instead of a table")
-	fs.StringVar(&c.Only, "only", "", "comma-separated scenarios to run (default: all): "+strings.Join(bench.Scenarios, ","))
+	fs.StringVar(&c.Only, "only", "", "comma-separated scenarios to run (default: all): "+strings.Join(bench.Scenarios(), ","))
 	fs.StringVar(&c.NATSURL, "nats-url", "", "use this NATS server instead of an embedded one; it must hold no telkeys events")
 	fs.StringVar(&c.NATSCreds, "nats-creds", "", "service credentials for --nats-url")
 	fs.StringVar(&c.SigningKey, "signing-key", "", "the deployment's event-signing key, for --nats-url")
