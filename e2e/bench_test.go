@@ -32,7 +32,7 @@ func TestBenchQuick(t *testing.T) {
 	seen := map[string]int{}
 	for _, f := range rep.Figures {
 		seen[f.Scenario]++
-		if f.Value < 0 || (f.Value == 0 && f.Unit != "allocs/op" && f.Unit != "%") {
+		if f.Value < 0 || (f.Value == 0 && f.Unit != "allocs/op" && f.Unit != "%" && f.Unit != "checks") {
 			t.Errorf("%s / %s: value %v %s", f.Scenario, f.Figure, f.Value, f.Unit)
 		}
 		if f.Floor != nil && (*f.Floor <= 0 || f.Ratio == nil || f.FloorName == "") {
@@ -46,6 +46,11 @@ func TestBenchQuick(t *testing.T) {
 		if seen[s] == 0 {
 			t.Errorf("scenario %s reported nothing", s)
 		}
+	}
+	if i := slices.IndexFunc(rep.Figures, func(f bench.Figure) bool { return f.Unit == "checks" }); i < 0 {
+		t.Error("no count of deleted keys accepted after their 204")
+	} else if rep.Figures[i].Value != 0 {
+		t.Errorf("the barrier let a node accept a deleted key after its 204: %+v", rep.Figures[i])
 	}
 	if i := slices.IndexFunc(rep.Figures, func(f bench.Figure) bool { return f.Scenario == "verify-local" && f.Unit == "allocs/op" }); i < 0 || rep.Figures[i].Value != 0 {
 		t.Errorf("Verify allocates: %+v", rep.Figures[i])
