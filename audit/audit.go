@@ -239,7 +239,6 @@ func nonNil(s []string) []string {
 	return s
 }
 
-// Log reads pages of the history, for the API.
 // Log reads pages of the history for the API. Its zero value with JS and
 // Keys set is ready to use; it must not be copied.
 type Log struct {

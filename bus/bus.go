@@ -57,8 +57,9 @@ const (
 	NodesAppliedPrefix = "telkeys.nodes.applied."
 
 	// HeartbeatSubject carries, on core NATS, telkeys' heartbeat: the last
-	// stored event sequence, about every second. Validators that hear
-	// nothing for too long stop answering VALID.
+	// stored event sequence, about every second, signed and dated
+	// (events.Signer.SignHeartbeat). Validators that hear nothing they
+	// may count for too long stop answering VALID.
 	HeartbeatSubject = "telkeys.heartbeat"
 
 	// UsageStream counts successful verifications per team per UTC day:

@@ -14,6 +14,8 @@ import (
 	cdpruntime "github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
+	"github.com/telapi/telkeys/bus"
+	"github.com/telapi/telkeys/node"
 	"github.com/telapi/telkeys/service"
 )
 
@@ -178,6 +180,8 @@ func TestBrowserAPIKeysFlow(t *testing.T) {
 		{"Create is disabled at max keys", (*uiFlow).atMaxKeys},
 		{"a delete with confirmation", (*uiFlow).deleteWithConfirmation},
 		{"a superadmin disables the team", (*uiFlow).adminDisablesTeam},
+		{"a superadmin sees no TelAPI node yet", (*uiFlow).adminSeesNoNodes},
+		{"a superadmin sees a node that reported", (*uiFlow).adminSeesNode},
 	} {
 		ok := t.Run(step.name, func(t *testing.T) {
 			f.admin.t, f.member.t = t, t
@@ -332,4 +336,45 @@ func (f *uiFlow) adminDisablesTeam(t *testing.T) {
 	}
 	member.shot("7-disabled")
 	admin.shot("8-admin")
+}
+
+// adminSeesNoNodes: the service has no TelAPI node, so the Nodes panel
+// explains that none has reported yet.
+func (f *uiFlow) adminSeesNoNodes(t *testing.T) {
+	admin := f.admin
+	admin.click("#tab-admin-nodes")
+	admin.until("nodes panel", visible("#panel-admin-nodes"))
+	const empty = "No TelAPI node has reported yet. Nodes report every second."
+	admin.until("empty state", fmt.Sprintf("document.querySelector('#nodes-table tbody').textContent.includes(%q)", empty))
+	admin.shot("9-admin-no-nodes")
+}
+
+// adminSeesNode: a TelAPI node runs against the service's NATS; after a
+// Refresh the panel lists it, current and caught up.
+func (f *uiFlow) adminSeesNode(t *testing.T) {
+	admin, s := f.admin, f.s
+	startNodeInProcess(t, node.Config{NATSURL: s.NATSURL, NATSCreds: s.credsFor(bus.RoleNode),
+		EventsPublicKey: eventsKeyFile(t, s.cfg.DataDir), HTTPAddr: "127.0.0.1:0", MaxStaleness: 10 * time.Second, Name: "browser-node"})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		admin.click("#nodes-refresh")
+		var cells []string
+		admin.js(`[...document.querySelectorAll('#nodes-table tbody tr > *')].map(c => c.textContent.trim())`, &cells)
+		if len(cells) == 5 && cells[0] == "browser-node" && cells[2] == "0" && cells[4] == "current" {
+			break
+		}
+		if time.Now().After(deadline) {
+			admin.fail("the node listed, current with lag 0", fmt.Errorf("row %q", cells))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if cls := admin.text("#nodes-table tbody tr"); !strings.Contains(cls, "current") {
+		t.Fatalf("row %q", cls)
+	}
+	var badge string
+	admin.js(`document.querySelector('#nodes-table tbody .badge').className`, &badge)
+	if badge != "badge on" {
+		t.Fatalf("state badge class %q, want \"badge on\"", badge)
+	}
+	admin.shot("10-admin-node-current")
 }

@@ -203,7 +203,7 @@ type Validator struct {
 	closed atomic.Bool
 }
 
-// New loads the read models, subscribes to the event stream and returns
+// New loads the key index, subscribes to the event stream and returns
 // once the validator has caught up with every event stored before it
 // started.
 func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Validator, error) {

@@ -1,13 +1,15 @@
-// telkeys web UI: sign-in, navigation, and the three pages.
+// telkeys web UI: sign-in, navigation, and the four pages.
 import { api, session, decodeJwt, setUnauthorizedHandler } from './api.js';
 import { $, $$, run, clearError, showError } from './ui.js';
 import { initKeys, loadKeys, resetKeys } from './keys.js';
 import { initAdmin, loadAdmin, resetAdmin } from './admin.js';
 import { initAudit, loadAudit, resetAudit } from './audit.js';
+import { initNodes, loadNodes, resetNodes } from './nodes.js';
 
 const TABS = [
   { id: 'tab-api-keys', roles: ['member'], load: () => loadKeys(claims?.team ?? '') },
   { id: 'tab-admin-teams', roles: ['superadmin'], load: () => loadAdmin() },
+  { id: 'tab-admin-nodes', roles: ['superadmin', 'auditor'], load: () => loadNodes() },
   { id: 'tab-audit', roles: ['superadmin', 'auditor'], load: () => loadAudit(false) },
 ];
 
@@ -49,6 +51,7 @@ function showSignIn(message = '') {
   resetKeys();
   resetAdmin();
   resetAudit();
+  resetNodes();
   $('#app').hidden = true;
   $('#session').hidden = true;
   $('#whoami').textContent = '';
@@ -149,6 +152,7 @@ function init() {
   initKeys();
   initAdmin();
   initAudit();
+  initNodes();
   $('#token-form').addEventListener('submit', (ev) => {
     ev.preventDefault();
     const input = $('#token-input');
