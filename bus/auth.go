@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -56,7 +57,7 @@ func InboxPrefix(r Role) string {
 // them, their info, and deleting them when done. Consumer names are
 // random and the names of others cannot be listed.
 func readConsumers(stream string) []string {
-	api := "$JS.API."
+	api := ReadersAPIPrefix + "."
 	return []string{
 		api + "STREAM.INFO." + stream,
 		api + "CONSUMER.CREATE." + stream + ".>",
@@ -70,7 +71,7 @@ func readConsumers(stream string) []string {
 // projector's durable consumer: pulling from it would steal its events,
 // and recreating or deleting it would stop the read models.
 func notTheProjector() []string {
-	api, c := "$JS.API.", EventStream+"."+ProjectorConsumer
+	api, c := ReadersAPIPrefix+".", EventStream+"."+ProjectorConsumer
 	return []string{
 		api + "CONSUMER.CREATE." + c, api + "CONSUMER.CREATE." + c + ".>",
 		api + "CONSUMER.MSG.NEXT." + c, api + "CONSUMER.DELETE." + c,
@@ -88,29 +89,49 @@ func Grants(r Role, name string) (Grant, error) {
 		pub := append(readConsumers(EventStream), readConsumers(UsageStream)...)
 		pub = append(pub, readConsumers(keyIndex)...)
 		pub = append(pub,
-			"$JS.API.DIRECT.GET."+keyIndex+".>", // the index's metadata
-			"$JS.API.STREAM.MSG.GET."+keyIndex,
-			"$JS.FC."+keyIndex+".>",                // flow control of its chunks
-			"$JS.API.DIRECT.GET."+UsageStream+".>", // a team's count today
-			UsageSubjectPrefix+">",                 // usage increments
-			"$JS.API.STREAM.INFO."+LastUsedStream,
+			ReadersAPIPrefix+".DIRECT.GET."+keyIndex+".>", // the index's metadata
+			ReadersAPIPrefix+".STREAM.MSG.GET."+keyIndex,
+			"$JS.FC."+keyIndex+".>",                          // flow control of its chunks
+			ReadersAPIPrefix+".DIRECT.GET."+UsageStream+".>", // a team's count today
+			UsageSubjectPrefix+">",                           // usage increments
+			ReadersAPIPrefix+".STREAM.INFO."+LastUsedStream,
 			LastUsedSubjectPrefix+">",     // last-used times
 			NodeAppliedSubject(name, "*"), // what it has applied, under its own name
 		)
 		return Grant{PubAllow: pub, PubDeny: notTheProjector(),
 			SubAllow: []string{InboxPrefix(r) + ".>", HeartbeatSubject}}, nil
 	case RoleAuditor:
-		pub := append(readConsumers(EventStream), "$JS.API.STREAM.MSG.GET."+EventStream)
+		pub := append(readConsumers(EventStream), ReadersAPIPrefix+".STREAM.MSG.GET."+EventStream)
 		return Grant{PubAllow: pub, PubDeny: notTheProjector(), SubAllow: []string{InboxPrefix(r) + ".>"}}, nil
 	}
 	return Grant{}, fmt.Errorf("bus: unknown role %q; want service, node or auditor", r)
+}
+
+// ReadersAPIPrefix is the JetStream API of the telkeys account as nodes
+// and auditors see it from theirs (bus.JetStream uses it).
+const ReadersAPIPrefix = "$JS.TELKEYS.API"
+
+// readerServices are the subjects nodes and auditors may publish, served
+// by the telkeys account: the union of their rows of the table, but for
+// the nodes' reports, which telkeys imports from the readers' account.
+func readerServices() []string {
+	var out []string
+	for _, r := range []Role{RoleNode, RoleAuditor} {
+		g, _ := Grants(r, "x")
+		for _, s := range g.PubAllow {
+			if !strings.HasPrefix(s, NodesAppliedPrefix) && !slices.Contains(out, s) {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
 }
 
 // Authority holds the keys that sign telkeys' NATS identities: the
 // operator, the telkeys account and the system account. Their seeds live
 // in one directory, readable by the owner only.
 type Authority struct {
-	operator, account, system nkeys.KeyPair
+	operator, account, system, readers nkeys.KeyPair
 }
 
 // Names of the seed files in an authority's directory.
@@ -118,6 +139,7 @@ const (
 	operatorSeed = "operator.nk"
 	accountSeed  = "account.nk"
 	systemSeed   = "system.nk"
+	readersSeed  = "readers.nk"
 )
 
 // AuthDir is where telkeys serve keeps its authority, under its data dir.
@@ -135,10 +157,13 @@ func LoadAuthority(dir string, create bool) (*Authority, error) {
 		{operatorSeed, &a.operator, nkeys.CreateOperator},
 		{accountSeed, &a.account, nkeys.CreateAccount},
 		{systemSeed, &a.system, nkeys.CreateAccount},
+		{readersSeed, &a.readers, nkeys.CreateAccount},
 	} {
 		path := filepath.Join(dir, k.file)
 		seed, err := os.ReadFile(path)
-		if errors.Is(err, os.ErrNotExist) && create {
+		// The readers' account came after the others: an authority made
+		// before it gets one.
+		if errors.Is(err, os.ErrNotExist) && (create || k.file == readersSeed) {
 			seed, err = newSeed(dir, path, k.make)
 		}
 		if err != nil {
@@ -196,6 +221,39 @@ func (a *Authority) ServerConfig() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	readersPub, _ := a.readers.PublicKey()
+	readers := jwt.NewAccountClaims(readersPub)
+	readers.Name = "TELKEYS_READERS"
+	// Nodes and auditors live in an account of their own, with no streams:
+	// NATS checks the subject a client publishes to, not the reply subject
+	// it names, and the server answers a JetStream request on that reply
+	// subject in the requester's account. In the telkeys account a reply
+	// subject could name an event or KV subject and have the answer stored
+	// there; in the readers' account it reaches no stream. The readers
+	// import exactly the API subjects of the permission table.
+	for _, local := range readerServices() {
+		s := local
+		if rest, ok := strings.CutPrefix(local, ReadersAPIPrefix); ok {
+			s = "$JS.API" + rest
+		}
+		acc.Exports.Add(&jwt.Export{Name: s, Subject: jwt.Subject(s), Type: jwt.Service, ResponseType: jwt.ResponseTypeStream})
+		readers.Imports.Add(&jwt.Import{Name: s, Subject: jwt.Subject(s), LocalSubject: jwt.RenamingSubject(local), Account: accPub, Type: jwt.Service})
+	}
+	for _, s := range []string{HeartbeatSubject, InboxPrefix(RoleNode) + ".>", InboxPrefix(RoleAuditor) + ".>"} {
+		acc.Exports.Add(&jwt.Export{Name: s, Subject: jwt.Subject(s), Type: jwt.Stream})
+		readers.Imports.Add(&jwt.Import{Name: s, Subject: jwt.Subject(s), Account: accPub, Type: jwt.Stream})
+	}
+	applied := NodesAppliedPrefix + ">"
+	readers.Exports.Add(&jwt.Export{Name: applied, Subject: jwt.Subject(applied), Type: jwt.Stream})
+	acc.Imports.Add(&jwt.Import{Name: applied, Subject: jwt.Subject(applied), Account: readersPub, Type: jwt.Stream})
+	accJWT, err = acc.Encode(a.operator)
+	if err != nil {
+		return "", err
+	}
+	readersJWT, err := readers.Encode(a.operator)
+	if err != nil {
+		return "", err
+	}
 	sys := jwt.NewAccountClaims(sysPub)
 	sys.Name = "SYS"
 	sysJWT, err := sys.Encode(a.operator)
@@ -210,8 +268,9 @@ resolver: MEMORY
 resolver_preload: {
   %s: %s
   %s: %s
+  %s: %s
 }
-`, opPub, opJWT, sysPub, accPub, accJWT, sysPub, sysJWT), nil
+`, opPub, opJWT, sysPub, accPub, accJWT, readersPub, readersJWT, sysPub, sysJWT), nil
 }
 
 // AccountID is the public key of the telkeys account: the name under
@@ -246,7 +305,11 @@ func (a *Authority) Credentials(r Role, name string, ttl time.Duration) ([]byte,
 	if ttl > 0 {
 		uc.Expires = time.Now().Add(ttl).Unix()
 	}
-	token, err := uc.Encode(a.account)
+	issuer := a.readers
+	if r == RoleService {
+		issuer = a.account
+	}
+	token, err := uc.Encode(issuer)
 	if err != nil {
 		return nil, err
 	}

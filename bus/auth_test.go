@@ -39,7 +39,7 @@ func TestAuthorityFiles(t *testing.T) {
 			t.Errorf("%s has mode %v", f, fi.Mode().Perm())
 		}
 	}
-	if len(seeds) != 3 {
+	if len(seeds) != 4 {
 		t.Fatalf("seeds %v", seeds)
 	}
 	again, err := bus.LoadAuthority(dir, true)

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // EmbeddedConfig configures the in-process nats-server.
@@ -239,3 +240,14 @@ func (s serverLogger) Debugf(f string, v ...any)  { s.l.Debug(msg(f, v)) }
 func (s serverLogger) Tracef(f string, v ...any)  {}
 
 func msg(f string, v []any) string { return strings.TrimSpace(fmt.Sprintf(f, v...)) }
+
+// JetStream returns the JetStream API of the telkeys account as nc reaches
+// it: directly for the service, through their account's imports for
+// nodes and auditors (ReadersAPIPrefix), told apart by nc's inbox prefix,
+// which Dial sets from the credentials' role.
+func JetStream(nc *nats.Conn, opts ...jetstream.JetStreamOpt) (jetstream.JetStream, error) {
+	if p := nc.Opts.InboxPrefix; p == InboxPrefix(RoleNode) || p == InboxPrefix(RoleAuditor) {
+		return jetstream.NewWithAPIPrefix(nc, ReadersAPIPrefix, opts...)
+	}
+	return jetstream.New(nc, opts...)
+}

@@ -42,8 +42,8 @@ func TestCredentials(t *testing.T) {
 		t.Fatal("the embedded NATS of telkeys serve accepted an anonymous client")
 	}
 	seeds, _ := filepath.Glob(filepath.Join(dir, "nats-auth", "*.nk"))
-	if len(seeds) != 3 {
-		t.Fatalf("telkeys serve kept %d seeds in its data dir, want operator, account and system", len(seeds))
+	if len(seeds) != 4 {
+		t.Fatalf("telkeys serve kept %d seeds in its data dir, want operator, telkeys, readers and system accounts", len(seeds))
 	}
 	for _, f := range seeds {
 		if fi, err := os.Stat(f); err != nil || fi.Mode().Perm() != 0o600 {

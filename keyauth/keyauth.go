@@ -214,7 +214,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Validator, error) {
 	// Asynchronous publishes (usage and last-used flushes) give up after a
 	// while: an ack lost with a failed leader would otherwise hold a flush,
 	// and a slot of the pending-publish limit, until the next reconnect.
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(5*time.Second))
+	js, err := bus.JetStream(nc, jetstream.WithPublishAsyncTimeout(5*time.Second))
 	if err != nil {
 		return nil, err
 	}

@@ -221,7 +221,13 @@ func gate(v Verifier, scope string) fiber.Handler {
 			c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="telapi"`)
 			return writeProblem(c, 401, "missing_api_key", "send an API key in Authorization: Bearer or X-API-Key")
 		}
-		r := v.Verify(key, scope)
+		// Current reads the real clock (Verify reads a copy refreshed every
+		// 10 ms): a node resumed after a pause longer than its staleness
+		// bound must not answer from the state it had before.
+		r := keyauth.Result{Code: keyauth.Unavailable}
+		if v.Current() {
+			r = v.Verify(key, scope)
+		}
 		if r.Limit >= 0 && (r.Code == keyauth.Valid || r.Code == keyauth.RateLimited) {
 			reset := secondsToUTCMidnight(time.Now())
 			c.Set("RateLimit-Policy", fmt.Sprintf(`"daily";q=%d;w=86400`, r.Limit))

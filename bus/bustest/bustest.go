@@ -82,7 +82,7 @@ func ConnectURL(t testing.TB, url, creds string) (*nats.Conn, jetstream.JetStrea
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
+	js, err := bus.JetStream(nc)
 	if err != nil {
 		t.Fatal(err)
 	}

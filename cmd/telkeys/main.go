@@ -293,7 +293,7 @@ func auditCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
+	js, err := bus.JetStream(nc)
 	if err != nil {
 		return err
 	}
