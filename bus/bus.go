@@ -232,11 +232,11 @@ func Setup(ctx context.Context, js jetstream.JetStream, replicas int) (*Handles,
 		MaxMsgsPerSubject: 1,
 		// Nodes write it: bounded like the last-used times. An increment
 		// is a header and an empty body.
-		MaxMsgSize: 1024,
-		MaxBytes:   1 << 30,
-		MaxAge:            UsageRetention,
-		Duplicates:        2 * time.Minute,
-		PersistMode:       asyncPersist(replicas),
+		MaxMsgSize:  1024,
+		MaxBytes:    1 << 30,
+		MaxAge:      UsageRetention,
+		Duplicates:  2 * time.Minute,
+		PersistMode: asyncPersist(replicas),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bus: usage stream: %w", err)
@@ -260,11 +260,11 @@ func Setup(ctx context.Context, js jetstream.JetStream, replicas int) (*Handles,
 		MaxMsgsPerSubject: 1,
 		// Nodes write it: bounded, so that no node can fill the disk the
 		// events need. A time is a few digits; the oldest go first.
-		MaxMsgSize: 64,
-		MaxBytes:   1 << 30,
-		Discard:    jetstream.DiscardOld,
-		Duplicates:        100 * time.Millisecond,
-		PersistMode:       asyncPersist(replicas),
+		MaxMsgSize:  256, // R3 counts more than the body
+		MaxBytes:    1 << 30,
+		Discard:     jetstream.DiscardOld,
+		Duplicates:  100 * time.Millisecond,
+		PersistMode: asyncPersist(replicas),
 	}); err != nil {
 		return nil, fmt.Errorf("bus: last-used stream: %w", err)
 	}
