@@ -17,6 +17,13 @@ import (
 // common case, two thirds of a SHA-256 to save a malformed one the lookup.
 //
 // It does no I/O and no allocation, and is safe for concurrent use.
+//
+// Freshness is judged on a copy of the clock refreshed every 10 ms (the
+// clock itself costs half a SHA-256 on some VMs). A process resumed after
+// a pause longer than MaxStaleness (SIGSTOP, a frozen VM) may run Verify
+// before that copy catches up and answer from the state it had before the
+// pause: callers that can be paused check Current, which reads the clock,
+// first, as package node's gate does.
 func (v *Validator) Verify(key, scope string) Result {
 	if len(key) != apikey.Len || key[:len(apikey.Prefix)] != apikey.Prefix {
 		return Result{Code: NotFound, Limit: -1}
