@@ -185,7 +185,6 @@ func (b *bench) revoke(ctx context.Context) error {
 	return nil
 }
 
-
 // deleteAndWatch deletes k and returns how long after the response each
 // node took to refuse it, how many already refused at the first look, and
 // how long the DELETE took.

@@ -367,7 +367,7 @@ func (f *uiFlow) adminSeesNode(t *testing.T) {
 		if time.Now().After(deadline) {
 			admin.fail("the node listed, current with lag 0", fmt.Errorf("row %q", cells))
 		}
-		time.Sleep(200 * time.Millisecond)
+		<-time.After(200 * time.Millisecond) // pace the polls of a deadline loop
 	}
 	var badge string
 	admin.js(`document.querySelector('#nodes-table tbody .badge').className`, &badge)
