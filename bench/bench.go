@@ -112,9 +112,12 @@ history), stores --keys keys in teams of 1000, and runs:
                 (GET /healthz) on the same server
   node-gate     GET /api/v1/apps through a TelAPI node, vs the same node with
                 key checking switched off
-  revoke        3 keyauth nodes on their own connections: time from a DELETE
-                response until each node refuses the key, vs core NATS
-                publish-to-receive latency on the same connections
+  revoke        half the deletes with 3 keyauth nodes on their own connections:
+                time from a DELETE response until each node refuses the key, vs
+                core NATS publish-to-receive latency on the same connections;
+                the other half with 3 telapi-node processes (beside telkeys, as
+                make build leaves them): DELETE latency behind the revocation
+                barrier, and every node asked at once after each 204
   create        POST /v1/teams/{team}/api-keys, 16 clients, vs raw JetStream
                 publishes (same fsync, expected-sequence header, 16 publishers)
   replay        audit verify and audit state of the whole history, vs a raw

@@ -38,6 +38,29 @@ type nodeFigures struct {
 	SHA256NS    float64 `json:"sha256_ns"`
 }
 
+// nodeFiles writes what a node process needs: node credentials named name,
+// and the event-signing public key to trust.
+func (b *bench) nodeFiles(name string) (creds, keys string, err error) {
+	data, err := b.creds(bus.RoleNode, name)
+	if err != nil {
+		return "", "", err
+	}
+	creds = filepath.Join(b.dir, name+".creds")
+	if err := bus.WriteFile(creds, data); err != nil {
+		return "", "", err
+	}
+	trusted, err := b.keys()
+	if err != nil {
+		return "", "", err
+	}
+	pem, err := events.EncodePublicKeys(trusted.Public()...)
+	if err != nil {
+		return "", "", err
+	}
+	keys = filepath.Join(b.dir, "events-public.pem")
+	return creds, keys, os.WriteFile(keys, pem, 0o644)
+}
+
 // verifyLocal runs "telkeys bench node" as a child process, so that its
 // RSS and allocations are a keyauth node's alone, and hands it the sample
 // keys.
@@ -46,24 +69,8 @@ func (b *bench) verifyLocal(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	creds, err := b.creds(bus.RoleNode, "bench-node")
+	credsFile, keysFile, err := b.nodeFiles("bench-node")
 	if err != nil {
-		return err
-	}
-	credsFile := filepath.Join(b.dir, "bench-node.creds")
-	if err := bus.WriteFile(credsFile, creds); err != nil {
-		return err
-	}
-	trusted, err := b.keys()
-	if err != nil {
-		return err
-	}
-	keysFile := filepath.Join(b.dir, "events-public.pem")
-	pem, err := events.EncodePublicKeys(trusted.Public()...)
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(keysFile, pem, 0o644); err != nil {
 		return err
 	}
 	cmd := exec.CommandContext(ctx, exe, "bench", "node", "--nats-url", b.svc.NATSURL, "--nats-creds", credsFile,

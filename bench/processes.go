@@ -1,0 +1,181 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/telapi/telkeys/auth"
+)
+
+// nodeProcess is a telapi-node running as a process of its own.
+type nodeProcess struct {
+	cmd  *exec.Cmd
+	base string
+}
+
+// startNodeProcesses starts n telapi-node processes (the binary beside
+// this one, as make build leaves them) on the NATS under test, and waits
+// until each listens and telkeys counts it as a live node.
+func (b *bench) startNodeProcesses(ctx context.Context, n int) ([]*nodeProcess, func(), error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, nil, err
+	}
+	bin := filepath.Join(filepath.Dir(exe), "telapi-node")
+	if _, err := os.Stat(bin); err != nil {
+		return nil, nil, fmt.Errorf("revoke runs telapi-node beside telkeys (make build): %w", err)
+	}
+	creds, keys, err := b.nodeFiles("bench-proc")
+	if err != nil {
+		return nil, nil, err
+	}
+	var nodes []*nodeProcess
+	stop := func() {
+		for _, p := range nodes {
+			_ = p.cmd.Process.Kill()
+			_ = p.cmd.Wait()
+		}
+	}
+	for i := range n {
+		cmd := exec.CommandContext(ctx, bin, "--nats-url", b.svc.NATSURL, "--nats-creds", creds, "--events-public-key", keys,
+			"--http-addr", "127.0.0.1:0", "--name", fmt.Sprintf("proc-%d", i), "--log-format", "json", "--log-level", "info")
+		stderr, err := cmd.StderrPipe()
+		if err != nil {
+			stop()
+			return nil, nil, err
+		}
+		if err := cmd.Start(); err != nil {
+			stop()
+			return nil, nil, err
+		}
+		p := &nodeProcess{cmd: cmd}
+		nodes = append(nodes, p)
+		addr := make(chan string, 1)
+		go func() {
+			sc := bufio.NewScanner(stderr)
+			for sc.Scan() {
+				var line struct{ Msg, Addr string }
+				if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "http listening" {
+					addr <- line.Addr
+				}
+			}
+		}()
+		select {
+		case a := <-addr:
+			p.base = "http://" + a
+		case <-time.After(60 * time.Second):
+			stop()
+			return nil, nil, errors.New("a telapi-node did not listen within 60s")
+		}
+	}
+	// The barrier waits only for nodes telkeys has heard: every one must
+	// have reported before the first delete.
+	tok := b.token(auth.RoleSuperadmin, "")
+	deadline := time.Now().Add(30 * time.Second)
+	for live := 0; live < n; {
+		if time.Now().After(deadline) {
+			stop()
+			return nil, nil, fmt.Errorf("telkeys counts %d of %d node processes as live", live, n)
+		}
+		<-time.After(50 * time.Millisecond) // pace the polls
+		live = 0
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+b.svc.HTTPAddr+"/v1/nodes", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			continue
+		}
+		var body struct {
+			Nodes []struct{ Name, State string }
+		}
+		_ = json.NewDecoder(res.Body).Decode(&body)
+		res.Body.Close()
+		for _, nd := range body.Nodes {
+			if strings.HasPrefix(nd.Name, "bench-proc.") && nd.State == "current" {
+				live++
+			}
+		}
+	}
+	return nodes, stop, nil
+}
+
+// revokeAcrossProcesses deletes keys while three telapi-node processes
+// serve, and after each 204 asks every node at once whether it still
+// accepts the key: the revocation barrier's promise is that none does.
+func (b *bench) revokeAcrossProcesses(ctx context.Context, keys []storedKey) error {
+	b.progress.printf("revoke: starting 3 telapi-node processes")
+	nodes, stop, err := b.startNodeProcesses(ctx, 3)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
+	defer client.CloseIdleConnections()
+	apps := func(p *nodeProcess, key string) (int, error) {
+		req, _ := http.NewRequestWithContext(ctx, "GET", p.base+"/api/v1/apps", nil)
+		req.Header.Set("X-API-Key", key)
+		res, err := client.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		res.Body.Close()
+		return res.StatusCode, nil
+	}
+	for _, p := range nodes { // every node has the keys before they go
+		for deadline := time.Now().Add(30 * time.Second); ; {
+			if st, err := apps(p, keys[len(keys)-1].plain); err == nil && st == 200 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return errors.New("a telapi-node does not accept a stored key")
+			}
+			<-time.After(10 * time.Millisecond) // pace the polls
+		}
+	}
+	tok := b.token(auth.RoleMember, benchTeam(0))
+	var took latencies
+	accepted := 0
+	for i, k := range keys {
+		req, _ := http.NewRequestWithContext(ctx, "DELETE", "http://"+b.svc.HTTPAddr+"/v1/teams/"+k.team+"/api-keys/"+k.id, nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		t0 := time.Now()
+		res, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		took = append(took, time.Since(t0))
+		res.Body.Close()
+		if res.StatusCode != 204 {
+			return fmt.Errorf("DELETE: status %d", res.StatusCode)
+		}
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		for _, p := range nodes {
+			wg.Go(func() {
+				if st, err := apps(p, k.plain); err == nil && st == 200 {
+					mu.Lock()
+					accepted++
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		b.progress.tick("deletes with 3 telapi-node processes", i+1, len(keys))
+	}
+	took = took.sorted()
+	what := fmt.Sprintf("3 telapi-node processes, %d deletes", len(keys))
+	b.add(Figure{Scenario: "revoke", Figure: "DELETE with the barrier, " + what + ", p50", Value: ms(took.at(0.5)), Unit: "ms"})
+	b.add(Figure{Scenario: "revoke", Figure: "DELETE with the barrier, " + what + ", p99", Value: ms(took.at(0.99)), Unit: "ms"}.atMost(5))
+	b.add(Figure{Scenario: "revoke", Figure: "checks that found a deleted key accepted after its 204, " + what, Value: float64(accepted), Unit: "checks"}.atMost(0))
+	return nil
+}
