@@ -63,9 +63,14 @@ func (r *Registry) Bound() time.Duration { return r.bound }
 // Subscribe listens to the nodes' reports until the subscription ends.
 func (r *Registry) Subscribe(nc *nats.Conn) (*nats.Subscription, error) {
 	return nc.Subscribe(bus.NodesAppliedPrefix+">", func(m *nats.Msg) {
+		node := strings.TrimPrefix(m.Subject, bus.NodesAppliedPrefix)
+		if string(m.Data) == bus.NodeLeaving {
+			r.Leave(node)
+			return
+		}
 		seq, err := strconv.ParseUint(string(m.Data), 10, 64)
 		if err == nil {
-			r.Report(strings.TrimPrefix(m.Subject, bus.NodesAppliedPrefix), seq)
+			r.Report(node, seq)
 		}
 	})
 }
@@ -81,6 +86,20 @@ func (r *Registry) Report(node string, seq uint64) {
 	}
 	n.Applied = max(n.Applied, seq)
 	n.LastSeen = r.now()
+	r.wake()
+}
+
+// Leave forgets a node that has stopped: it refuses every key from then
+// on, so no command waits for it any more.
+func (r *Registry) Leave(node string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.nodes, node)
+	r.wake()
+}
+
+// wake tells the waiters that a node changed; the caller holds mu.
+func (r *Registry) wake() {
 	if r.changed != nil {
 		close(r.changed)
 		r.changed = nil
@@ -107,15 +126,10 @@ func (r *Registry) Nodes() []Node {
 	return out
 }
 
-// confirmed counts the live nodes that have applied seq, of which waiting
-// had not; the caller holds mu.
-func (r *Registry) confirmed(waiting []string, seq uint64, live int) int {
-	return live - len(slices.DeleteFunc(waiting, func(name string) bool { return r.nodes[name].Applied >= seq }))
-}
-
-// Wait returns once every node live now has applied seq, or once the bound
-// has passed since start (when seq was stored), or when ctx ends, and says
-// how many of the live nodes confirmed it.
+// Wait returns once every node live now has applied seq or left, or once
+// the bound has passed since start (when seq was stored), or when ctx
+// ends, and says how many of the live nodes that did not leave confirmed
+// it.
 func (r *Registry) Wait(ctx context.Context, seq uint64, start time.Time) (confirmed, live int) {
 	deadline := time.NewTimer(r.bound - r.now().Sub(start))
 	defer deadline.Stop()
@@ -129,10 +143,17 @@ func (r *Registry) Wait(ctx context.Context, seq uint64, start time.Time) (confi
 		}
 	}
 	live = len(waiting)
-	for {
-		waiting = slices.DeleteFunc(waiting, func(name string) bool { return r.nodes[name].Applied >= seq })
-		if len(waiting) == 0 {
-			return live, live
+	for over := false; ; {
+		waiting = slices.DeleteFunc(waiting, func(name string) bool {
+			n := r.nodes[name]
+			if n == nil { // left
+				live--
+				return true
+			}
+			return n.Applied >= seq
+		})
+		if len(waiting) == 0 || over {
+			return live - len(waiting), live
 		}
 		if r.changed == nil {
 			r.changed = make(chan struct{})
@@ -141,13 +162,11 @@ func (r *Registry) Wait(ctx context.Context, seq uint64, start time.Time) (confi
 		r.mu.Unlock()
 		select {
 		case <-changed:
-			r.mu.Lock()
 		case <-deadline.C:
-			r.mu.Lock()
-			return r.confirmed(waiting, seq, live), live
+			over = true
 		case <-ctx.Done():
-			r.mu.Lock()
-			return r.confirmed(waiting, seq, live), live
+			over = true
 		}
+		r.mu.Lock()
 	}
 }

@@ -62,3 +62,28 @@ func TestWait(t *testing.T) {
 		t.Fatalf("nodes %+v", nodes)
 	}
 }
+
+// A node that leaves is not waited for, nor counted, from then on.
+func TestLeave(t *testing.T) {
+	r := New(time.Hour, nil)
+	r.Report("node.a", 1)
+	r.Report("node.b", 1)
+	done := make(chan [2]int)
+	go func() {
+		c, l := r.Wait(context.Background(), 2, time.Now())
+		done <- [2]int{c, l}
+	}()
+	r.Report("node.a", 2)
+	select {
+	case got := <-done:
+		t.Fatalf("returned %v before node.b applied 2 or left", got)
+	case <-time.After(20 * time.Millisecond): // a wrong return comes at once
+	}
+	r.Leave("node.b")
+	if got := <-done; got != [2]int{1, 1} {
+		t.Fatalf("confirmed/live %v, want 1/1", got)
+	}
+	if nodes := r.Nodes(); len(nodes) != 1 || nodes[0].Name != "node.a" {
+		t.Fatalf("nodes %+v, want node.a only", nodes)
+	}
+}

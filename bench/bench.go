@@ -17,6 +17,7 @@ import (
 	"runtime/pprof"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -228,6 +229,10 @@ func (b *bench) run(ctx context.Context) error {
 		if err := b.firstStart(ctx); err != nil {
 			return err
 		}
+		// The bulk load left the kernel a lot to write back, which would
+		// stall the fsyncs that every figure after it includes.
+		b.progress.printf("writing the bulk load back to disk (sync)")
+		syscall.Sync()
 	}
 	if err := b.startup(ctx); err != nil {
 		return fmt.Errorf("startup: %w", err)
@@ -312,15 +317,21 @@ func (b *bench) dial(url string, role bus.Role, name string) (*nats.Conn, error)
 }
 
 func (b *bench) close() {
-	for _, n := range b.nodes {
-		n.close()
-	}
+	b.stopNodes()
 	if b.nc != nil {
 		b.nc.Close()
 	}
 	if b.svc != nil {
 		_ = b.svc.Shutdown(context.Background())
 	}
+}
+
+// stopNodes stops the in-process keyauth nodes.
+func (b *bench) stopNodes() {
+	for _, n := range b.nodes {
+		n.close()
+	}
+	b.nodes = nil
 }
 
 func (b *bench) token(role auth.Role, team string) string {

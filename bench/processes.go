@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -142,6 +143,10 @@ func (b *bench) revokeAcrossProcesses(ctx context.Context, keys []storedKey) err
 			<-time.After(10 * time.Millisecond) // pace the polls
 		}
 	}
+	floor, err := b.createLatency(ctx, client, len(keys))
+	if err != nil {
+		return err
+	}
 	tok := b.token(auth.RoleMember, benchTeam(0))
 	var took latencies
 	accepted := 0
@@ -172,10 +177,50 @@ func (b *bench) revokeAcrossProcesses(ctx context.Context, keys []storedKey) err
 		wg.Wait()
 		b.progress.tick("deletes with 3 telapi-node processes", i+1, len(keys))
 	}
-	took = took.sorted()
+	took, floor = took.sorted(), floor.sorted()
 	what := fmt.Sprintf("3 telapi-node processes, %d deletes", len(keys))
-	b.add(Figure{Scenario: "revoke", Figure: "DELETE with the barrier, " + what + ", p50", Value: ms(took.at(0.5)), Unit: "ms"})
-	b.add(Figure{Scenario: "revoke", Figure: "DELETE with the barrier, " + what + ", p99", Value: ms(took.at(0.99)), Unit: "ms"}.atMost(5))
+	name := "POST create, one at a time, same setup"
+	b.add(Figure{Scenario: "revoke", Figure: "DELETE with the barrier, " + what + ", p50", Value: ms(took.at(0.5)), Unit: "ms"}.withFloor(name, ms(floor.at(0.5))))
+	b.add(Figure{Scenario: "revoke", Figure: "DELETE with the barrier, " + what + ", p99", Value: ms(took.at(0.99)), Unit: "ms"}.withFloor(name, ms(floor.at(0.99))).atMost(5))
 	b.add(Figure{Scenario: "revoke", Figure: "checks that found a deleted key accepted after its 204, " + what, Value: float64(accepted), Unit: "checks"}.atMost(0))
 	return nil
+}
+
+// createLatency creates n keys one at a time, in a team of their own, with
+// the same client, and returns each create's latency: a command that
+// appends one event and waits for the read models, but for no node.
+func (b *bench) createLatency(ctx context.Context, client *http.Client, n int) (latencies, error) {
+	const team = "bench-barrier-floor"
+	cfg := fmt.Sprintf(`{"enabled":true,"allowed_scopes":[%q],"max_keys":%d}`, benchScope, n)
+	body := fmt.Sprintf(`{"name":"floor","scopes":[%q]}`, benchScope)
+	do := func(method, path, tok, body string) (int, error) {
+		req, _ := http.NewRequestWithContext(ctx, method, "http://"+b.svc.HTTPAddr+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("Content-Type", "application/json")
+		res, err := client.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		return res.StatusCode, nil
+	}
+	if st, err := do("PUT", "/v1/teams/"+team+"/api-access", b.token(auth.RoleSuperadmin, ""), cfg); err != nil || st != 200 {
+		return nil, errors.Join(err, fmt.Errorf("configure %s: status %d", team, st))
+	}
+	tok := b.token(auth.RoleMember, team)
+	var took latencies
+	for i := range n {
+		t0 := time.Now()
+		st, err := do("POST", "/v1/teams/"+team+"/api-keys", tok, body)
+		if err != nil {
+			return nil, err
+		}
+		took = append(took, time.Since(t0))
+		if st != 201 {
+			return nil, fmt.Errorf("create: status %d", st)
+		}
+		b.progress.tick("creates, one at a time, with 3 telapi-node processes", i+1, n)
+	}
+	return took, nil
 }

@@ -53,8 +53,11 @@ const (
 	// NodesAppliedPrefix + <credentials name>.<node name> carries, on core
 	// NATS, the last event sequence a node has applied: at every heartbeat,
 	// and at once after an event that takes access away. telkeys waits for
-	// it before it answers such a command (the revocation barrier).
+	// it before it answers such a command (the revocation barrier). A node
+	// that stops, and therefore refuses every key from then on, sends
+	// NodeLeaving instead, so that telkeys stops waiting for it at once.
 	NodesAppliedPrefix = "telkeys.nodes.applied."
+	NodeLeaving        = "leaving"
 
 	// HeartbeatSubject carries, on core NATS, telkeys' heartbeat: the last
 	// stored event sequence, about every second, signed and dated

@@ -102,24 +102,46 @@ func TestRevocationBarrier(t *testing.T) {
 		}
 	})
 
-	t.Run("a node that leaves is dropped and not waited for", func(t *testing.T) {
+	t.Run("a node that stops says so and is dropped at once", func(t *testing.T) {
+		stopped := procs[1]
+		if err := stopped.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		<-stopped.done
+		// A node that goes silent stays listed, stale, for ten bounds; one
+		// that said it was leaving is no longer listed at all.
+		bustest.Eventually(t, bound, "telkeys drops the stopped node", func() bool {
+			return len(listedNodes(t, s, "")) == 2 && len(currentNodes(t, s)) == 2
+		})
+	})
+
+	t.Run("a node that vanishes is not waited for after the bound", func(t *testing.T) {
 		gone := procs[2]
 		if err := gone.cmd.Process.Kill(); err != nil {
 			t.Fatal(err)
 		}
 		<-gone.done
-		bustest.Eventually(t, 2*bound, "telkeys sees the node leave", func() bool { return len(currentNodes(t, s)) == 2 })
+		bustest.Eventually(t, 2*bound, "telkeys sees the node go stale", func() bool { return len(currentNodes(t, s)) == 1 })
+		if listed := listedNodes(t, s, "stale"); len(listed) != 1 {
+			t.Fatalf("stale nodes %v, want the killed one", listed)
+		}
 		k := created[n-1]
 		start := time.Now()
-		if got := del(t, k["id"].(string)).header.Get("Telkeys-Nodes-Confirmed"); got != "2/2" {
-			t.Fatalf("Telkeys-Nodes-Confirmed %q, want 2/2", got)
+		if got := del(t, k["id"].(string)).header.Get("Telkeys-Nodes-Confirmed"); got != "1/1" {
+			t.Fatalf("Telkeys-Nodes-Confirmed %q, want 1/1", got)
 		}
-		t.Logf("a DELETE with two live nodes took %v", time.Since(start))
+		t.Logf("a DELETE with one live node took %v", time.Since(start))
 	})
 }
 
 // currentNodes lists the nodes GET /v1/nodes shows as current.
 func currentNodes(t *testing.T, s *testService) []string {
+	t.Helper()
+	return listedNodes(t, s, "current")
+}
+
+// listedNodes lists the nodes GET /v1/nodes shows in state ("": any).
+func listedNodes(t *testing.T, s *testService, state string) []string {
 	t.Helper()
 	r := s.do("GET", "/v1/nodes", s.token(auth.RoleAuditor, ""), nil)
 	if r.status != 200 {
@@ -127,7 +149,7 @@ func currentNodes(t *testing.T, s *testService) []string {
 	}
 	var out []string
 	for _, n := range r.json(t)["nodes"].([]any) {
-		if n := n.(map[string]any); n["state"] == "current" {
+		if n := n.(map[string]any); state == "" || n["state"] == state {
 			out = append(out, n["name"].(string))
 		}
 	}

@@ -94,7 +94,8 @@ type Config struct {
 	// Report, if set, is the subject on which the validator tells telkeys
 	// how far it has applied the events (bus.NodeAppliedSubject): at every
 	// heartbeat, and at once after an event that may take access away, so
-	// that telkeys can answer such a command once every node has it.
+	// that telkeys can answer such a command once every node has it. Close
+	// sends bus.NodeLeaving on it.
 	Report string
 	// MaxStaleness is how long the node serves without hearing telkeys'
 	// heartbeat. A heartbeat counts from the time telkeys dated it, and one
@@ -235,10 +236,15 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Validator, error) {
 	return v, nil
 }
 
-// Close stops the validator and flushes pending usage.
+// Close stops the validator, which refuses every key from then on, tells
+// telkeys not to wait for it any more, and flushes pending usage.
 func (v *Validator) Close() {
 	if !v.closed.CompareAndSwap(false, true) {
 		return
+	}
+	// It refuses every key from now on: telkeys need not wait for it.
+	if v.cfg.Report != "" && v.nc.Publish(v.cfg.Report, []byte(bus.NodeLeaving)) == nil {
+		_ = v.nc.FlushTimeout(time.Second)
 	}
 	for _, s := range v.subs {
 		_ = s.Unsubscribe()

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -23,9 +24,6 @@ import (
 const (
 	// maxBatch bounds how many events one batch applies.
 	maxBatch = 256
-	// drainWait is how long a batch waits for events already on their way
-	// before it is applied.
-	drainWait = 200 * time.Microsecond
 	// rewindEvery bounds how often the projector rewinds to one sequence.
 	rewindEvery = 5 * time.Second
 )
@@ -37,7 +35,7 @@ const (
 // stream has no gaps: it denies deletes); on a gap the consumer is rewound
 // to the checkpoint. Records carry the sequence of their last event and
 // ignore older ones; a key's record is created once (its write expects an
-// empty subject) and deleted once. Every other write is a compare-and-swap
+// empty subject) and deleted unconditionally. Every other write is a compare-and-swap
 // on the revision the projector read, so a stale instance that lost its pin
 // cannot overwrite a newer one's writes.
 type Projector struct {
@@ -103,19 +101,35 @@ func (p *Projector) consume(ctx context.Context) error {
 	if err := p.rewindIfLost(ctx); err != nil {
 		return err
 	}
+	// A batch is what has arrived while the last one was applied: under
+	// load batches grow by themselves, and a lone event waits for nothing.
+	msgs := make(chan jetstream.Msg, maxBatch)
+	var lastErr atomic.Value // the consumer's last error: why it stopped
+	stop := make(chan struct{})
+	defer close(stop)
 	// Pull requests expire after 2 s, not nats.go's 30 s: an instance
 	// waiting for the pin asks again soon after the pinned one is gone.
-	it, err := p.h.Projector.Messages(jetstream.PullMaxMessages(maxBatch), jetstream.PullPriorityGroup(bus.ProjectorGroup),
-		jetstream.PullExpiry(2*time.Second))
+	cc, err := p.h.Projector.Consume(func(m jetstream.Msg) {
+		select {
+		case msgs <- m:
+		case <-stop:
+		}
+	}, jetstream.PullMaxMessages(maxBatch), jetstream.PullPriorityGroup(bus.ProjectorGroup), jetstream.PullExpiry(2*time.Second),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) { lastErr.Store(err) }))
 	if err != nil {
 		return fmt.Errorf("projections: consume: %w", err)
 	}
-	defer it.Stop()
+	defer cc.Stop()
 	reconnects := p.nc.Stats().Reconnects
 	for {
-		first, err := it.Next(jetstream.NextContext(ctx))
-		if err != nil {
-			return err
+		var first jetstream.Msg
+		select {
+		case first = <-msgs:
+		case <-cc.Closed(): // a terminal error; others are recovered from
+			err, _ := lastErr.Load().(error)
+			return fmt.Errorf("projections: the consumer stopped: %v", err)
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 		// After a reconnect the server may have restarted and lost recent
 		// read-model writes (the bucket is flushed asynchronously): drop the
@@ -124,12 +138,14 @@ func (p *Projector) consume(ctx context.Context) error {
 			return fmt.Errorf("projections: reconnected to NATS (%d)", r)
 		}
 		batch := []jetstream.Msg{first}
+	drain:
 		for len(batch) < maxBatch {
-			m, err := it.Next(jetstream.NextMaxWait(drainWait))
-			if err != nil {
-				break
+			select {
+			case m := <-msgs:
+				batch = append(batch, m)
+			default:
+				break drain
 			}
-			batch = append(batch, m)
 		}
 		if err := p.applyBatch(ctx, batch); err != nil {
 			p.cache = map[string]cached{}
@@ -187,6 +203,10 @@ func (p *Projector) applyBatch(ctx context.Context, batch []jetstream.Msg) error
 		if err := w.flush(ctx); err != nil {
 			return err
 		}
+		// Every record the queries read is stored: this instance's
+		// commands may answer now. The chain records and the checkpoint
+		// are the projector's own; other instances wait for the checkpoint.
+		p.tracker.Advance(next - 1)
 		// The chain records and then the checkpoint go last, after every
 		// record write is stored: the bucket is one stream, so a crash that
 		// loses writes loses a suffix, and a surviving chain record or
@@ -197,7 +217,6 @@ func (p *Projector) applyBatch(ctx context.Context, batch []jetstream.Msg) error
 			return err
 		}
 		w.trimKeyLists()
-		p.tracker.Advance(next - 1)
 		p.OnPending(pending)
 		_ = p.nc.Publish(bus.ProjectedSubject, strconv.AppendUint(nil, next-1, 10))
 	}
@@ -360,23 +379,16 @@ func (p *Projector) apply(ctx context.Context, w *writes, seq uint64, subject st
 		if err != nil {
 			return err
 		}
+		// The record goes whatever its subject holds: a delete marker
+		// removes a stored record, and where none was ever stored (a
+		// replay whose create this batch holds, or whose create was never
+		// written) it stays as a tombstone, so the create, which expects
+		// an empty subject, can never be written after it. A stale
+		// instance can do no harm with it: the event is in the stream.
 		hashKey := bus.KeyPrefix + hex.EncodeToString(e.Hash)
-		// Created in this same batch? Then this may be a replay whose create
-		// was stored before: drop the pending create and look at the stream.
-		if w.dropOnce(hashKey) {
-			delete(w.p.cache, hashKey)
-		}
-		live, seen, krev, err := w.liveKey(ctx, hashKey)
-		if err != nil {
-			return err
-		}
-		switch {
-		case live:
-			w.del(hashKey, krev)
-		case !seen: // never stored: leave a tombstone so a replay cannot create it
-			w.ops = append(w.ops, op{key: hashKey, once: true})
-			w.p.cache[hashKey] = cached{rev: pendingRev}
-		}
+		w.dropOnce(hashKey)
+		w.ops = append(w.ops, op{key: hashKey, blind: true})
+		w.p.cache[hashKey] = cached{rev: pendingRev}
 		rec.Keys = n
 	}
 	if !teamBehind {
@@ -400,11 +412,12 @@ type writes struct {
 }
 
 type op struct {
-	key  string
-	rev  uint64   // expected revision; 0 = must not exist
-	val  []byte   // nil = delete
-	keys *keyList // a key list, encoded into val when flushed
-	once bool     // a key record's creation: a conflict means it was written before
+	key   string
+	rev   uint64   // expected revision; 0 = must not exist
+	val   []byte   // nil = delete
+	keys  *keyList // a key list, encoded into val when flushed
+	once  bool     // a key record's creation: a conflict means it was written before
+	blind bool     // a key record's deletion: expects nothing
 }
 
 // get reads a record through the cache, then the bucket. rev is the
@@ -436,34 +449,9 @@ func (w *writes) put(key string, rev uint64, val []byte) {
 	w.p.cache[key] = cached{rev: pendingRev, val: val}
 }
 
-func (w *writes) del(key string, rev uint64) {
-	w.ops = append(w.ops, op{key: key, rev: rev})
-	w.p.cache[key] = cached{rev: pendingRev}
-}
-
-// liveKey reports whether a key record exists (live), whether its subject
-// was ever written (seen), and the revision a write must expect. It reads
-// the subject's last message: a KV get would not tell a deleted key from
-// one never written.
-func (w *writes) liveKey(ctx context.Context, key string) (live, seen bool, rev uint64, err error) {
-	if c, ok := w.p.cache[key]; ok {
-		return c.val != nil, true, c.rev, nil
-	}
-	m, err := w.p.h.ReadModelStream.GetLastMsgForSubject(ctx, bus.KVSubject(bus.BucketReadModel, key))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return false, false, 0, nil
-	}
-	if err != nil {
-		return false, false, 0, err
-	}
-	return !bus.IsKVRemoval(m.Header.Get(bus.KVOperationHeader)), true, m.Sequence, nil
-}
-
 // dropOnce removes a pending key-record creation from the batch.
-func (w *writes) dropOnce(key string) bool {
-	n := len(w.ops)
+func (w *writes) dropOnce(key string) {
 	w.ops = slices.DeleteFunc(w.ops, func(o op) bool { return o.key == key && o.once })
-	return len(w.ops) < n
 }
 
 func (w *writes) updateTeamKeys(ctx context.Context, team string, seq uint64, change func(*keyList)) (int, error) {
@@ -567,7 +555,11 @@ func (w *writes) flush(ctx context.Context) error {
 		if o.val == nil {
 			msg.Header.Set(bus.KVOperationHeader, bus.KVDelete)
 		}
-		f, err := w.p.js.PublishMsgAsync(msg, jetstream.WithExpectLastSequencePerSubject(o.rev))
+		var opts []jetstream.PublishOpt
+		if !o.blind {
+			opts = append(opts, jetstream.WithExpectLastSequencePerSubject(o.rev))
+		}
+		f, err := w.p.js.PublishMsgAsync(msg, opts...)
 		if err != nil {
 			return err
 		}
