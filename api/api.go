@@ -204,7 +204,10 @@ func (s *Server) observe(c *fiber.Ctx) error {
 	if err != nil {
 		pr := writeProblem(c, err)
 		code = pr.Code
-		if pr.Status >= 500 {
+		switch {
+		case pr.Status == fiber.StatusServiceUnavailable: // the bus, or contention: the client retries
+			s.cfg.Log.Warn("request not served now", "request_id", rid, "code", pr.Code, "err", err)
+		case pr.Status >= 500:
 			s.cfg.Log.Error("request failed", "request_id", rid, "err", err)
 		}
 	}

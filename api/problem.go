@@ -8,6 +8,7 @@ import (
 
 	"github.com/telapi/telkeys/api/problem"
 	"github.com/telapi/telkeys/auth"
+	"github.com/telapi/telkeys/bus"
 	"github.com/telapi/telkeys/commands"
 	"github.com/telapi/telkeys/domain"
 )
@@ -55,6 +56,10 @@ func problemFor(err error) problem.Problem {
 		return p(422, "scope_not_allowed", se.Error())
 	case errors.Is(err, commands.ErrBusy):
 		return p(503, "busy", err.Error())
+	case bus.IsUnavailable(err):
+		// Whether a command that got this took effect is unknown: a retry
+		// of a delete finds the key gone (404), of a create a new key.
+		return p(503, "unavailable", bus.ErrUnavailable.Error())
 	case errors.As(err, &fe):
 		switch fe.Code {
 		case fiber.StatusRequestEntityTooLarge:

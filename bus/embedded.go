@@ -192,6 +192,8 @@ func Dial(c ClientConfig) (*nats.Conn, error) {
 		nats.CustomInboxPrefix(InboxPrefix(role)),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
+		nats.PingInterval(PingInterval),
+		nats.MaxPingsOutstanding(MaxPingsOut),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				c.Log.Warn("nats disconnected", "err", err)

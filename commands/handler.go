@@ -157,17 +157,28 @@ func (h *Handler) aggregate(id string, newState func() State) *aggregate {
 // may run again after a conflict.
 type decideFunc func(State) (events.Payload, error)
 
+// commandBudget is how long a command keeps trying through an outage of
+// the bus (a server killed or paused, a stream electing a leader) before
+// it gives up with bus.ErrUnavailable.
+const commandBudget = 5 * time.Second
+
 // execute runs decide against the aggregate and appends its event. On a
-// conflict it catches up and decides again, up to maxAttempts.
+// conflict it catches up and decides again, up to maxAttempts. When the
+// bus does not answer, it finds out whether the event was stored and, if
+// nothing else changed, appends the very same event again: same id (the
+// server drops a duplicate within its window) and same expected sequence,
+// so an append is never made twice.
 func (h *Handler) execute(ctx context.Context, command, aggID string, newState func() State, actor events.Actor, decide decideFunc) (res Result, err error) {
 	start := time.Now()
 	defer func() { h.cfg.Observe(command, err, time.Since(start)) }()
+	ctx, cancel := context.WithTimeout(ctx, commandBudget)
+	defer cancel()
 
 	a := h.aggregate(aggID, newState)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if !a.loaded {
-		if err := h.load(ctx, a); err != nil {
+		if err := h.retry(ctx, func(ctx context.Context) error { return h.load(ctx, a) }); err != nil {
 			return Result{}, err
 		}
 	}
@@ -177,31 +188,34 @@ func (h *Handler) execute(ctx context.Context, command, aggID string, newState f
 	// and reports a conflict even though the first attempt was stored.
 	tried := map[string]bool{}
 	fresh := false // state was just brought up to date from the stream
-	for attempt := 0; attempt < maxAttempts; attempt++ {
-		p, err := decide(a.state)
-		if err != nil {
-			// Another instance may have changed the aggregate since this
-			// one last appended to it: a rejection stands only against the
-			// latest state. Checking costs one read that finds nothing.
-			if fresh {
+	var ev events.Envelope
+	var p events.Payload
+	again := false // ev's outcome is unknown and nothing changed since: append it again
+	for conflicts := 0; conflicts < maxAttempts; {
+		if !again {
+			if p, err = decide(a.state); err != nil {
+				// Another instance may have changed the aggregate since this
+				// one last appended to it: a rejection stands only against the
+				// latest state. Checking costs one read that finds nothing.
+				if fresh {
+					return Result{}, err
+				}
+				var n int
+				if cerr := h.retry(ctx, func(ctx context.Context) (err error) { _, n, err = h.catchUp(ctx, a, nil); return err }); cerr != nil {
+					return Result{}, cerr
+				}
+				if n == 0 {
+					return Result{}, err
+				}
+				fresh = true
+				continue
+			}
+			if ev, err = events.New("evt_"+ulid.Make().String(), aggID, actor, h.cfg.Now(), a.hash(), p); err != nil {
 				return Result{}, err
 			}
-			_, n, cerr := h.catchUp(ctx, a, nil)
-			if cerr != nil {
-				return Result{}, cerr
-			}
-			if n == 0 {
-				return Result{}, err
-			}
-			fresh = true
-			continue
+			h.cfg.Signer.Seal(&ev)
+			tried[ev.ID] = true
 		}
-		ev, err := events.New("evt_"+ulid.Make().String(), aggID, actor, h.cfg.Now(), a.hash(), p)
-		if err != nil {
-			return Result{}, err
-		}
-		h.cfg.Signer.Seal(&ev)
-		tried[ev.ID] = true
 		ack, err := h.publish(ctx, a, ev)
 		if err == nil {
 			a.chain.Restore(a.id, ev.Hash) // signed here: valid
@@ -209,26 +223,59 @@ func (h *Handler) execute(ctx context.Context, command, aggID string, newState f
 			h.maybeSnapshot(ctx, a)
 			return Result{Seq: ack.Sequence, Event: ev}, nil
 		}
-		if !bus.IsWrongLastSequence(err) && !isUncertain(err) {
+		conflict := bus.IsWrongLastSequence(err)
+		if !conflict && !isUncertain(err) {
 			return Result{}, fmt.Errorf("commands: append %s: %w", command, err)
 		}
 		if ctx.Err() != nil {
-			return Result{}, ctx.Err()
+			return Result{}, bus.Unavailable(fmt.Errorf("commands: append %s: %w", command, ctx.Err()))
 		}
-		found, _, err := h.catchUp(ctx, a, tried)
-		if err != nil {
+		var found *Result
+		var n int
+		if err := h.retry(ctx, func(ctx context.Context) (err error) { found, n, err = h.catchUp(ctx, a, tried); return err }); err != nil {
 			return Result{}, err
 		}
 		if found != nil {
 			h.maybeSnapshot(ctx, a)
 			return *found, nil
 		}
-		fresh = true
-		if attempt > 0 { // two instances collided twice: back off a little
-			time.Sleep(time.Duration(rand.IntN(1000*(attempt+1))) * time.Microsecond)
+		fresh, again = true, !conflict && n == 0
+		if conflict {
+			conflicts++
+			if conflicts > 1 { // two instances collided twice: back off a little
+				time.Sleep(time.Duration(rand.IntN(1000*(conflicts))) * time.Microsecond)
+			}
+		}
+		if again {
+			h.pause(ctx)
 		}
 	}
 	return Result{}, ErrBusy
+}
+
+// retry runs f, each attempt bounded by bus.AttemptTimeout, until it
+// succeeds, fails for a reason other than an unavailable bus, or ctx ends.
+func (h *Handler) retry(ctx context.Context, f func(context.Context) error) error {
+	for {
+		actx, cancel := context.WithTimeout(ctx, bus.AttemptTimeout)
+		err := f(actx)
+		cancel()
+		if err == nil || !bus.IsUnavailable(err) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return bus.Unavailable(err)
+		}
+		h.pause(ctx)
+	}
+}
+
+// pause waits a little before the next try through an outage.
+func (h *Handler) pause(ctx context.Context) {
+	select {
+	case <-time.After(100 * time.Millisecond):
+	case <-ctx.Done():
+	}
 }
 
 func (h *Handler) publish(ctx context.Context, a *aggregate, ev events.Envelope) (*jetstream.PubAck, error) {
@@ -236,6 +283,8 @@ func (h *Handler) publish(ctx context.Context, a *aggregate, ev events.Envelope)
 	if err != nil {
 		return nil, err
 	}
+	ctx, cancel := context.WithTimeout(ctx, bus.AttemptTimeout)
+	defer cancel()
 	return h.cfg.JS.PublishMsg(ctx, msg,
 		jetstream.WithMsgID(ev.ID),
 		jetstream.WithExpectLastSequencePerSubject(a.seq))
@@ -267,9 +316,7 @@ func isUncertain(err error) bool {
 	if errors.As(err, &ae) && ae.ErrorCode == 10158 { // duplicate message id is in process
 		return true
 	}
-	return errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrConnectionClosed) ||
-		errors.Is(err, nats.ErrDisconnected)
+	return bus.IsUnavailable(err)
 }
 
 // load reads the latest snapshot of the aggregate, then its tail.
