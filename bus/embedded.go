@@ -156,6 +156,9 @@ type ClientConfig struct {
 	CA   string
 	Name string
 	Log  *slog.Logger
+	// Want, if set, is the role the credentials must carry: with another
+	// role's, a client would only meet permission errors later.
+	Want Role
 	// Options are added last, e.g. faster pings for a node.
 	Options []nats.Option
 }
@@ -182,6 +185,9 @@ func Dial(c ClientConfig) (*nats.Conn, error) {
 	role, _, err := checkCredentials(data, source)
 	if err != nil {
 		return nil, err
+	}
+	if c.Want != "" && role != c.Want {
+		return nil, fmt.Errorf("%w: %s holds %s credentials; %s credentials are needed (telkeys credentials --role %s)", ErrCredentials, source, role, c.Want, c.Want)
 	}
 	token, _ := jwt.ParseDecoratedJWT(data)
 	kp, _ := jwt.ParseDecoratedUserNKey(data)

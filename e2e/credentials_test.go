@@ -6,7 +6,9 @@ package e2e
 // cleanly, with one line naming the file and the reason, without them.
 
 import (
+	"bytes"
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +17,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/telapi/telkeys/bus"
 )
 
 // runNode runs telapi-node until it exits (or 20 s) and returns its exit
@@ -130,5 +134,56 @@ func TestCredentials(t *testing.T) {
 	if code, _, stderr := runTelkeys(t, "credentials", "--data-dir", dir, "--role", "admin", "--out", filepath.Join(t.TempDir(), "x")); code != 2 ||
 		!strings.Contains(stderr, "unknown role") {
 		t.Fatalf("an unknown role: exit %d %s", code, stderr)
+	}
+}
+
+// TestServeStartFailures: whatever stops telkeys serve from starting on an
+// external NATS ends it with exit status 1 and one log line naming the
+// cause, never a panic or a hang.
+func TestServeStartFailures(t *testing.T) {
+	dir := t.TempDir()
+	c := startTelkeysProcess(t, dir)
+	service := natsCreds(t, dir, bus.RoleService)
+	signing := filepath.Join(dir, "events-signing.key") // written on first start
+	if _, err := os.Stat(signing); err != nil {
+		matches, _ := filepath.Glob(filepath.Join(dir, "*.pem"))
+		t.Fatalf("no signing key at %s (%v); pem files: %v", signing, err, matches)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := "nats://" + ln.Addr().String()
+	ln.Close()
+	for _, bad := range []struct {
+		name, reason string
+		args         []string
+	}{
+		{"an unreachable cluster", "no servers available", []string{"--nats-url", closed, "--nats-creds", service}},
+		{"node credentials", "service", []string{"--nats-url", c.natsURL, "--nats-creds", natsCreds(t, dir, bus.RoleNode)}},
+		{"a stream config the server cannot apply (R3 on one server)", "replicas", []string{"--nats-url", c.natsURL, "--nats-creds", service, "--replicas", "3"}},
+	} {
+		t.Run(bad.name, func(t *testing.T) {
+			args := append([]string{"serve", "--data-dir", t.TempDir(), "--http-addr", "127.0.0.1:0", "--auth-secret", testSecret,
+				"--signing-key", signing, "--log-format", "json"}, bad.args...)
+			cmd := exec.Command(bin.telkeys, args...)
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			select {
+			case <-done:
+			case <-time.After(60 * time.Second):
+				_ = cmd.Process.Kill()
+				t.Fatalf("telkeys serve did not exit within 60 s:\n%s", out.String())
+			}
+			lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+			if code := cmd.ProcessState.ExitCode(); code != 1 || len(lines) != 1 || !strings.Contains(strings.ToLower(out.String()), bad.reason) {
+				t.Fatalf("exit %d, want 1 and one line saying %q:\n%s", code, bad.reason, out.String())
+			}
+		})
 	}
 }

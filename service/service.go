@@ -183,7 +183,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (svc *Service, err
 	svc = &Service{log: log, name: "telkeys-" + ulid.Make().String(), httpErr: make(chan error, 1)}
 	started := svc // "return nil, err" sets svc to nil before this runs
 	defer func() {
-		if err != nil {
+		if err != nil { // the caller reports err: one line, not a shutdown's
+			started.log = slog.New(slog.DiscardHandler)
 			_ = started.Shutdown(context.Background())
 		}
 	}()
@@ -264,7 +265,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (svc *Service, err
 // and connects to it with service credentials. The embedded server trusts
 // the authority kept in the data dir, made on first start.
 func (s *Service) connect(ctx context.Context, cfg Config) (jetstream.JetStream, error) {
-	client := bus.ClientConfig{Name: "telkeys", Log: s.log}
+	client := bus.ClientConfig{Name: "telkeys", Log: s.log, Want: bus.RoleService}
 	if cfg.NATSURL == "" {
 		authority, err := bus.LoadAuthority(bus.AuthDir(cfg.DataDir), true)
 		if err != nil {
@@ -312,14 +313,15 @@ func refuseUnsignedHistory(ctx context.Context, stream jetstream.Stream) error {
 }
 
 // setupWithRetry creates streams and buckets, retrying while a fresh
-// cluster has no JetStream meta leader yet.
+// cluster has no JetStream meta leader yet; a configuration the servers
+// refuse (R3 on a single server, say) fails at once.
 func setupWithRetry(ctx context.Context, js jetstream.JetStream, replicas int, log *slog.Logger) (*bus.Handles, error) {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		h, err := bus.Setup(sctx, js, replicas)
 		cancel()
-		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+		if err == nil || !bus.IsUnavailable(err) || time.Now().After(deadline) || ctx.Err() != nil {
 			return h, err
 		}
 		log.Warn("stream setup failed, retrying", "err", err)
