@@ -26,7 +26,9 @@ type cluster struct {
 	authority *bus.Authority
 	files     []string
 	clients   []string // client URLs
+	leafs     []string // leafnode listeners, host:port
 	ca        string
+	cert, key string // the nodes' TLS certificate and key
 }
 
 func newCluster(t *testing.T) *cluster {
@@ -44,8 +46,8 @@ func newCluster(t *testing.T) *cluster {
 		t.Fatal(err)
 	}
 	cert, key, ca := bustest.SelfSigned(t)
-	c.ca = ca
-	ports := freePorts(t, 6)
+	c.ca, c.cert, c.key = ca, cert, key
+	ports := freePorts(t, 9) // clients, routes, leafnodes
 	var routes []string
 	for i := range 3 {
 		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[3+i]))
@@ -60,6 +62,7 @@ func newCluster(t *testing.T) *cluster {
 			"listen: 0.0.0.0:4222", fmt.Sprintf("listen: 127.0.0.1:%d", ports[i]),
 			"http: 127.0.0.1:8222", "",
 			"listen: 0.0.0.0:6222", fmt.Sprintf("listen: 127.0.0.1:%d", ports[3+i]),
+			"listen: 0.0.0.0:7422", fmt.Sprintf("listen: 127.0.0.1:%d", ports[6+i]),
 			"store_dir: /data/jetstream", "store_dir: "+filepath.Join(t.TempDir(), "jetstream"),
 			"/etc/nats/tls/server.pem", cert, "/etc/nats/tls/server-key.pem", key, "/etc/nats/tls/ca.pem", ca,
 			"nats-route://n1:6222", routes[0], "nats-route://n2:6222", routes[1], "nats-route://n3:6222", routes[2],
@@ -70,6 +73,7 @@ func newCluster(t *testing.T) *cluster {
 		}
 		c.files = append(c.files, dst)
 		c.clients = append(c.clients, fmt.Sprintf("tls://127.0.0.1:%d", ports[i]))
+		c.leafs = append(c.leafs, fmt.Sprintf("127.0.0.1:%d", ports[6+i]))
 	}
 	return c
 }
@@ -128,6 +132,10 @@ func TestClusterConfigsAreValidAndDurable(t *testing.T) {
 		}
 		if o.TLSConfig == nil || o.Cluster.TLSConfig == nil {
 			t.Errorf("%s: client TLS %v, route TLS %v: the bus leaves the machine", f, o.TLSConfig != nil, o.Cluster.TLSConfig != nil)
+		}
+		if o.LeafNode.Port == 0 || o.LeafNode.TLSConfig == nil || !o.LeafNode.NoAdvertise {
+			t.Errorf("%s: leafnode port %d, TLS %v, no_advertise %v: edge sites connect over TLS, to the addresses they name",
+				f, o.LeafNode.Port, o.LeafNode.TLSConfig != nil, o.LeafNode.NoAdvertise)
 		}
 		if names[o.ServerName] {
 			t.Errorf("%s: server name %q used twice", f, o.ServerName)
