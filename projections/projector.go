@@ -104,7 +104,7 @@ func (p *Projector) consume(ctx context.Context) error {
 	// A batch is what has arrived while the last one was applied: under
 	// load batches grow by themselves, and a lone event waits for nothing.
 	msgs := make(chan jetstream.Msg, maxBatch)
-	var lastErr atomic.Value // the consumer's last error: why it stopped
+	var lastErr atomic.Pointer[error] // the consumer's last error: why it stopped
 	stop := make(chan struct{})
 	defer close(stop)
 	// Pull requests expire after 2 s, not nats.go's 30 s: an instance
@@ -115,7 +115,7 @@ func (p *Projector) consume(ctx context.Context) error {
 		case <-stop:
 		}
 	}, jetstream.PullMaxMessages(maxBatch), jetstream.PullPriorityGroup(bus.ProjectorGroup), jetstream.PullExpiry(2*time.Second),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) { lastErr.Store(err) }))
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) { lastErr.Store(&err) }))
 	if err != nil {
 		return fmt.Errorf("projections: consume: %w", err)
 	}
@@ -126,7 +126,10 @@ func (p *Projector) consume(ctx context.Context) error {
 		select {
 		case first = <-msgs:
 		case <-cc.Closed(): // a terminal error; others are recovered from
-			err, _ := lastErr.Load().(error)
+			var err error
+			if e := lastErr.Load(); e != nil {
+				err = *e
+			}
 			return fmt.Errorf("projections: the consumer stopped: %v", err)
 		case <-ctx.Done():
 			return ctx.Err()
