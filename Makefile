@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin/telkeys
 DATA    ?= ./data
 
-.PHONY: run build test test-short fuzz bench bench-go clean
+.PHONY: run build test test-short fuzz bench bench-go clean cluster cluster-down
 
 build:
 	$(GO) build -o $(BIN) ./cmd/telkeys
@@ -11,6 +11,15 @@ build:
 
 run: build
 	$(BIN) serve --data-dir $(DATA) --log-format text --dev-login
+
+# A local cluster on loopback (3 nats-server, 2 telkeys --replicas 3, 2
+# telapi-node); DIR/cluster.env says where everything is.
+CLUSTER ?= ./cluster
+cluster:
+	deploy/local/up.sh $(CLUSTER)
+
+cluster-down:
+	deploy/local/down.sh $(CLUSTER)
 
 # Every test, with the race detector. Fuzz targets run their seed corpora.
 test:

@@ -29,6 +29,12 @@ const (
 	// dead connection is retried on the next one soon after the ping
 	// check has moved it.
 	AttemptTimeout = 2 * time.Second
+	// ConsumerHeartbeat is the idle heartbeat the server sends a
+	// consumer's pull requests: two missed, and nats.go asks again (an
+	// ordered consumer recreates itself), so a consumer whose server or
+	// stream leader went away resumes within seconds, not after the 5 s
+	// default's 10 s or a 30 s pull expiry.
+	ConsumerHeartbeat = time.Second
 )
 
 // IsUnavailable reports whether err says the bus could not serve a request

@@ -62,7 +62,7 @@ func (v *Validator) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cc, err := cons.Consume(v.onEvent)
+	cc, err := cons.Consume(v.onEvent, jetstream.PullHeartbeat(bus.ConsumerHeartbeat))
 	if err != nil {
 		return err
 	}

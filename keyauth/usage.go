@@ -141,7 +141,7 @@ func (v *Validator) startUsage(ctx, runCtx context.Context) error {
 	if info.NumPending == 0 {
 		v.usageLoaded.Do(func() { close(v.usageReady) })
 	}
-	cc, err := cons.Consume(v.onUsage)
+	cc, err := cons.Consume(v.onUsage, jetstream.PullHeartbeat(bus.ConsumerHeartbeat))
 	if err != nil {
 		return err
 	}

@@ -115,6 +115,7 @@ func (p *Projector) consume(ctx context.Context) error {
 		case <-stop:
 		}
 	}, jetstream.PullMaxMessages(maxBatch), jetstream.PullPriorityGroup(bus.ProjectorGroup), jetstream.PullExpiry(2*time.Second),
+		jetstream.PullHeartbeat(bus.ConsumerHeartbeat),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) { lastErr.Store(&err) }))
 	if err != nil {
 		return fmt.Errorf("projections: consume: %w", err)

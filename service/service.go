@@ -318,7 +318,9 @@ func refuseUnsignedHistory(ctx context.Context, stream jetstream.Stream) error {
 func setupWithRetry(ctx context.Context, js jetstream.JetStream, replicas int, log *slog.Logger) (*bus.Handles, error) {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		// Short attempts: on a fresh cluster the first requests may go
+		// unanswered until the meta leader is elected.
+		sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		h, err := bus.Setup(sctx, js, replicas)
 		cancel()
 		if err == nil || !bus.IsUnavailable(err) || time.Now().After(deadline) || ctx.Err() != nil {
@@ -466,7 +468,14 @@ func (s *Service) Shutdown(ctx context.Context) error {
 	var err error
 	s.closeOnce.Do(func() {
 		if s.api != nil {
-			err = s.api.App().ShutdownWithTimeout(10 * time.Second)
+			// Requests still running after the grace period (a command
+			// waiting out a bus outage) are cut: worth a warning, not a
+			// failed exit.
+			if herr := s.api.App().ShutdownWithTimeout(10 * time.Second); errors.Is(herr, context.DeadlineExceeded) {
+				s.log.Warn("shutdown: requests still running after 10 s were cut")
+			} else {
+				err = herr
+			}
 		}
 		if s.stopBg != nil {
 			s.stopBg()

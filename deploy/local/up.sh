@@ -18,9 +18,10 @@ Starts a local telkeys cluster on 127.0.0.1, on free ports:
   3 nats-server  (deploy/nats/n1..n3.conf rewritten into DIR; no TLS, loopback only)
   2 telkeys serve (--replicas 3, one shared auth secret and event-signing key)
   2 telapi-node
-and waits until every one is ready (UP_TIMEOUT seconds, default 60). Missing
-binaries (bin/nats-server, bin/telkeys, bin/telapi-node) are built first;
-LOCAL_CLUSTER_BIN=/other/dir takes them from another directory instead.
+and waits until every one is ready (UP_TIMEOUT seconds, default 60). The
+binaries (bin/nats-server at go.mod's version, bin/telkeys, bin/telapi-node)
+are built from this checkout first; LOCAL_CLUSTER_BIN=/other/dir takes them
+from another directory instead.
 
 DIR (default: $ROOT/cluster) keeps the configs, credentials, keys, data and
 logs (DIR/logs/<name>.log); DIR/cluster.env lists URLs, pids and files, for
@@ -133,9 +134,14 @@ rm -f "$DIR_ABS/cluster.env"
 printf '*\n' >"$DIR_ABS/.gitignore"
 
 # ---------------------------------------------------------------------------
-# Binaries: build what is missing (make build builds telkeys and telapi-node).
+# Binaries: built from this checkout every time (go build's cache makes an
+# unchanged build take a second), so the cluster never runs stale code;
+# with LOCAL_CLUSTER_BIN, taken as they are.
 build() {
-	[[ -x $BIN/$1 ]] && return 0
+	if [[ -n ${LOCAL_CLUSTER_BIN:-} ]]; then
+		[[ -x $BIN/$1 ]] || die "LOCAL_CLUSTER_BIN has no $1"
+		return 0
+	fi
 	say "building $BIN/$1"
 	mkdir -p "$BIN"
 	(cd "$ROOT" && go build -o "$BIN/$1" "$2") || die "could not build $BIN/$1"
@@ -143,11 +149,6 @@ build() {
 build nats-server github.com/nats-io/nats-server/v2
 build telkeys ./cmd/telkeys
 build telapi-node ./cmd/telapi-node
-# Binaries are only built when missing: say so when the sources are newer.
-if [[ -n $(cd "$ROOT" && find . -path ./bin -prune -o -path "./${DIR_ABS#"$ROOT"/}" -prune -o \
-	\( \( -name '*.go' ! -name '*_test.go' \) -o -name go.mod \) -newer "$BIN/telkeys" -print -quit 2>/dev/null) ]]; then
-	say "note: some Go sources are newer than bin/telkeys; run \"make build\" to run them"
-fi
 START=$SECONDS
 DEADLINE=$((SECONDS + TIMEOUT))
 
