@@ -178,6 +178,9 @@ type Validator struct {
 	// clock is cfg.Now() in unix ns, refreshed every clockTick: Verify reads
 	// it instead of the clock, which costs half a SHA-256 on some VMs.
 	clock atomic.Int64
+	// follower consumes the event stream; restartIfStalled replaces it.
+	followMu sync.Mutex
+	follower jetstream.ConsumeContext
 	// heardSeq is the last event sequence a heartbeat announced.
 	heardSeq atomic.Uint64
 	// streamSeq is the highest sequence the stream is known to hold (from

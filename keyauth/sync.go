@@ -53,10 +53,41 @@ func (v *Validator) start(ctx context.Context) error {
 		}
 		cp = v.Applied()
 	}
+	if err := v.follow(ctx, cp+1); err != nil {
+		return err
+	}
+	v.wg.Add(1)
+	go func() { // the consumer of the moment stops with the validator
+		defer v.wg.Done()
+		<-runCtx.Done()
+		v.followMu.Lock()
+		defer v.followMu.Unlock()
+		v.follower.Stop()
+	}()
+	if err := v.st.applied.Wait(ctx, target, 0, nil); err != nil {
+		return fmt.Errorf("keyauth: catching up to event %d (at %d): %w", target, v.Applied(), err)
+	}
+	if err := v.startUsage(ctx, runCtx); err != nil {
+		return err
+	}
+	v.reconnects.Store(v.nc.Stats().Reconnects)
+	var stall stallWatch
+	bus.Every(runCtx, &v.wg, 50*time.Millisecond, nil, func(ctx context.Context) {
+		v.watchConnection()
+		v.resyncTarget(ctx)
+		v.restartIfStalled(ctx, &stall)
+	})
+	v.cfg.Log.Info("keyauth ready", "node", v.cfg.Name, "keys", v.st.keysCount.Load(), "event", v.Applied())
+	return nil
+}
+
+// follow consumes the event stream from sequence from on, in place of the
+// consumer it had, if any.
+func (v *Validator) follow(ctx context.Context, from uint64) error {
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{bus.EventSubjects}}
-	if cp > 0 {
+	if from > 1 {
 		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
-		cfg.OptStartSeq = cp + 1
+		cfg.OptStartSeq = from
 	}
 	cons, err := v.js.OrderedConsumer(ctx, bus.EventStream, cfg)
 	if err != nil {
@@ -66,20 +97,49 @@ func (v *Validator) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	v.stopWith(runCtx, cc)
-	if err := v.st.applied.Wait(ctx, target, 0, nil); err != nil {
-		return fmt.Errorf("keyauth: catching up to event %d (at %d): %w", target, v.Applied(), err)
+	v.followMu.Lock()
+	old := v.follower
+	v.follower = cc
+	v.followMu.Unlock()
+	if old != nil {
+		old.Stop()
 	}
-	if err := v.startUsage(ctx, runCtx); err != nil {
-		return err
-	}
-	v.reconnects.Store(v.nc.Stats().Reconnects)
-	bus.Every(runCtx, &v.wg, 50*time.Millisecond, nil, func(ctx context.Context) {
-		v.watchConnection()
-		v.resyncTarget(ctx)
-	})
-	v.cfg.Log.Info("keyauth ready", "node", v.cfg.Name, "keys", v.st.keysCount.Load(), "event", v.Applied())
 	return nil
+}
+
+// stallAfter is how long the validator waits for the events heartbeats
+// announce before it starts its consumer again.
+const stallAfter = 2 * bus.ConsumerHeartbeat
+
+// stallWatch is what restartIfStalled remembers between ticks.
+type stallWatch struct {
+	applied uint64
+	since   time.Time
+}
+
+// restartIfStalled starts the consumer again from the next event when
+// heartbeats have announced events it has not delivered for stallAfter.
+// nats.go recreates an ordered consumer that misses its heartbeats, but
+// after a cluster server died that took from seconds to over a minute;
+// this does not depend on it. A replaced consumer that still delivers does
+// no harm: an event is applied once (onEvent).
+func (v *Validator) restartIfStalled(ctx context.Context, w *stallWatch) {
+	now, applied := time.Now(), v.Applied()
+	if applied != w.applied || v.heardSeq.Load() <= applied {
+		w.applied, w.since = applied, now
+		return
+	}
+	if now.Sub(w.since) < stallAfter {
+		return
+	}
+	w.since = now
+	v.cfg.Log.Warn("keyauth: events announced by heartbeats have not arrived; starting the consumer again",
+		"node", v.cfg.Name, "applied", applied, "announced", v.heardSeq.Load())
+	ctx, cancel := context.WithTimeout(ctx, bus.AttemptTimeout)
+	defer cancel()
+	if err := v.follow(ctx, applied+1); err != nil {
+		v.cfg.Log.Warn("keyauth: starting the consumer again failed; will retry", "node", v.cfg.Name, "err", err)
+	}
 }
 
 // replayAtLeast is how many events behind the stream a validator must
@@ -118,6 +178,10 @@ func (v *Validator) onEvent(m jetstream.Msg) {
 	c := checked{seq: seq, subject: m.Subject()}
 	c.env, c.p, c.err = v.cfg.Keys.Check(bus.AggregateOf(c.subject), m.Data())
 	v.st.applyMu.Lock()
+	if seq <= v.Applied() { // a replaced consumer delivered it too
+		v.st.applyMu.Unlock()
+		return
+	}
 	applied := v.applyChecked(c)
 	v.st.applyMu.Unlock()
 	if !applied {
@@ -147,13 +211,15 @@ func (v *Validator) applyChecked(c checked) bool {
 		c.err = v.st.chain.Link(c.env)
 	}
 	if c.err != nil {
-		v.st.applied.Advance(c.seq)
-		v.rejected.Add(1)
 		reason := "malformed"
 		if inv, ok := errors.AsType[*events.Invalid](c.err); ok {
 			reason = inv.Reason
 		}
+		// Counted and logged before the sequence moves: whoever waits for
+		// it sees both.
+		v.rejected.Add(1)
 		v.cfg.Log.Warn("keyauth: skipping a message that is not a valid event", "seq", c.seq, "subject", c.subject, "reason", reason, "err", c.err)
+		v.st.applied.Advance(c.seq)
 		return false
 	}
 	v.st.apply(c.seq, c.env, c.p)
