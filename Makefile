@@ -1,16 +1,19 @@
 # telkeys: `make run` starts the service with its embedded NATS; `make test` runs every test.
 GO      ?= go
 BIN     := bin/telkeys
-DATA    ?= ./data
+# make run honours the TELKEYS_* variables of telkeys serve (README,
+# Configuration); DATA= is TELKEYS_DATA_DIR's short form.
+DATA    ?= $(or $(TELKEYS_DATA_DIR),./data)
 
 .PHONY: run build test test-short fuzz bench bench-go clean cluster cluster-down
 
+# -buildvcs=auto: --version names the commit, even where GOFLAGS turns it off.
 build:
-	$(GO) build -o $(BIN) ./cmd/telkeys
-	$(GO) build -o bin/telapi-node ./cmd/telapi-node
+	$(GO) build -buildvcs=auto -o $(BIN) ./cmd/telkeys
+	$(GO) build -buildvcs=auto -o bin/telapi-node ./cmd/telapi-node
 
 run: build
-	$(BIN) serve --data-dir $(DATA) --log-format text --dev-login
+	$(BIN) serve --data-dir $(DATA) --log-format $(or $(TELKEYS_LOG_FORMAT),text) --dev-login
 
 # A local cluster on loopback (3 nats-server, 2 telkeys --replicas 3, 2
 # telapi-node); DIR/cluster.env says where everything is.

@@ -5,6 +5,7 @@
 package cli
 
 import (
+	"runtime/debug"
 	"errors"
 	"flag"
 	"fmt"
@@ -151,4 +152,27 @@ func Progress(stderr io.Writer, what string) func(done, total uint64) {
 			fmt.Fprintln(f)
 		}
 	}
+}
+
+// Version describes the running binary from its build info: the module's
+// version (a tag, or a pseudo-version naming the commit, "+dirty" when
+// built from uncommitted changes), or the commit when the build only knows
+// "(devel)", and the Go version.
+func Version(name string) string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return name + " (no build info)"
+	}
+	v := name + " " + bi.Main.Version
+	if bi.Main.Version == "(devel)" {
+		for _, s := range bi.Settings {
+			switch {
+			case s.Key == "vcs.revision":
+				v += " " + s.Value[:min(12, len(s.Value))]
+			case s.Key == "vcs.modified" && s.Value == "true":
+				v += "+dirty"
+			}
+		}
+	}
+	return v + " " + bi.GoVersion
 }

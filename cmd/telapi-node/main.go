@@ -10,6 +10,7 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -26,6 +27,7 @@ GET /api/v1/call-tokens/{id} (READ_CALL_TOKEN) and GET /api/v1/apps
 (READ_TEAM_APPS) take an API key in "Authorization: Bearer" or "X-API-Key",
 verified in memory by keyauth. POST /api/v1/webhooks takes no API key: it
 checks an HMAC-SHA256 of its body in "X-Telapi-Signature: sha256=<hex>".
+"telapi-node --version" prints the version, commit and Go version of this build.
 `
 
 func main() {
@@ -35,6 +37,10 @@ func main() {
 }
 
 func run(ctx context.Context, args []string) error {
+	if len(args) == 1 && (args[0] == "--version" || args[0] == "-version") {
+		fmt.Println(cli.Version("telapi-node"))
+		return nil
+	}
 	fs := flag.NewFlagSet("telapi-node", flag.ContinueOnError)
 	var c node.Config
 	fs.StringVar(&c.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server(s) of telkeys, comma-separated")

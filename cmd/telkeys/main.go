@@ -52,11 +52,22 @@ Usage:
                           measure telkeys on its own embedded NATS: each figure
                           next to a floor measured in the same run
 
+  telkeys --version       print the version, commit and Go version of this build
+
 Run "telkeys <command> --help" for the flags of a command. Every flag can also
-be set with an environment variable: --data-dir is TELKEYS_DATA_DIR, and so on.
+be set with an environment variable named after its command: serve's
+--data-dir is TELKEYS_DATA_DIR, token's --team is TELKEYS_TOKEN_TEAM, audit's
+--team is TELKEYS_AUDIT_TEAM, and so on; --help shows each one.
 `
 
+// envPrefix is serve's; every other command's variables carry its name
+// (TELKEYS_TOKEN_TEAM), so that one variable never sets two commands.
 const envPrefix = "TELKEYS"
+
+// envOf is the environment prefix of a command other than serve.
+func envOf(command string) string {
+	return envPrefix + "_" + strings.ToUpper(strings.NewReplacer("-", "_", " ", "_").Replace(command))
+}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -82,6 +93,8 @@ func main() {
 		err = benchCmd(ctx, args[1:])
 	case "-h", "--help", "help":
 		fmt.Print(usage)
+	case "--version", "version":
+		fmt.Println(cli.Version("telkeys"))
 	default:
 		fmt.Fprintf(os.Stderr, "telkeys: unknown command %q\n\n%s", args[0], usage)
 		err = cli.ErrUsage
@@ -93,7 +106,7 @@ func serve(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	var c service.Config
 	fs.StringVar(&c.DataDir, "data-dir", "./data", "directory for the embedded NATS store and the generated auth secret")
-	fs.StringVar(&c.HTTPAddr, "http-addr", ":8080", "address of the HTTP API and web UI")
+	fs.StringVar(&c.HTTPAddr, "http-addr", ":8080", "address of the HTTP API and web UI (with --dev-login and no address given: 127.0.0.1:8080)")
 	fs.StringVar(&c.NATSAddr, "nats-addr", "127.0.0.1:4222", "client listener of the embedded NATS server, for local TelAPI nodes (port 0 picks one)")
 	fs.StringVar(&c.NATSTLSCert, "nats-tls-cert", "", "TLS certificate (PEM) of the embedded server's client listener; with --nats-tls-key")
 	fs.StringVar(&c.NATSTLSKey, "nats-tls-key", "", "TLS key (PEM) of the embedded server's client listener")
@@ -114,11 +127,24 @@ func serve(ctx context.Context, args []string) error {
 	if err := cli.Parse(fs, args, os.Stderr, envPrefix, intro); err != nil {
 		return err
 	}
+	if c.DevLogin && !isSet(fs, "http-addr") {
+		// Anyone who reaches a dev-login server is a superadmin: unless
+		// told otherwise, only this machine can.
+		c.HTTPAddr = "127.0.0.1:8080"
+	}
 	log, err := logCfg.NewLogger(os.Stderr)
 	if err != nil {
 		return err
 	}
 	return service.Run(ctx, c, log)
+}
+
+// isSet reports whether a flag was given, on the command line or in the
+// environment.
+func isSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 func token(args []string) error {
@@ -132,7 +158,7 @@ func token(args []string) error {
 	intro := "Usage: telkeys token --role R [--team T] [--sub S] [--ttl D]\n\n" +
 		"Prints a bearer token signed with the same secret that \"telkeys serve\" uses\n" +
 		"(same --data-dir and --auth-secret), and nothing else.\n"
-	if err := cli.Parse(fs, args, os.Stderr, envPrefix, intro); err != nil {
+	if err := cli.Parse(fs, args, os.Stderr, envOf(fs.Name()), intro); err != nil {
 		return err
 	}
 	if *role == "" {
@@ -166,7 +192,7 @@ func eventsKey(args []string) error {
 		"Writes the public key of the key that signs telkeys' events, heartbeats and key\n" +
 		"index: what TelAPI nodes and auditors trust (--events-public-key). To rotate, give\n" +
 		"them a file with the old and the new key (concatenate both outputs) first.\n"
-	if err := cli.Parse(fs, args, os.Stderr, envPrefix, intro); err != nil {
+	if err := cli.Parse(fs, args, os.Stderr, envOf(fs.Name()), intro); err != nil {
 		return err
 	}
 	if *out == "" {
@@ -201,7 +227,7 @@ func credentials(args []string) error {
 		"NATS authority in --data-dir: the one \"telkeys serve\" made on its first start, or a\n" +
 		"new one. Each role may do only what it needs (see the README, Security). With\n" +
 		"--nats-config it writes the authorization block of a NATS cluster instead.\n"
-	if err := cli.Parse(fs, args, os.Stderr, envPrefix, intro); err != nil {
+	if err := cli.Parse(fs, args, os.Stderr, envOf(fs.Name()), intro); err != nil {
 		return err
 	}
 	if (*natsConfig == "") == (*out == "" || *role == "") {
@@ -252,12 +278,12 @@ Auditors need read access to the event stream only: credentials of the auditor r
 `
 
 func auditCmd(ctx context.Context, args []string) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+	if len(args) == 0 {
 		fmt.Fprint(os.Stderr, auditUsage)
-		if len(args) == 0 {
-			return cli.ErrUsage
-		}
-		return nil
+		return cli.ErrUsage
+	}
+	if args[0] == "-h" || args[0] == "--help" {
+		args = []string{"", "--help"} // the usage with every flag
 	}
 	fs := flag.NewFlagSet("audit "+args[0], flag.ContinueOnError)
 	url := fs.String("nats-url", "nats://127.0.0.1:4222", "NATS server(s), comma-separated")
@@ -271,7 +297,7 @@ func auditCmd(ctx context.Context, args []string) error {
 	until := fs.String("until", "", "only events stored at or before this RFC 3339 time")
 	at := fs.String("at", "", "the moment to reconstruct (state), RFC 3339")
 	format := fs.String("format", "table", "output: table, jsonl or csv (events); table or json (state)")
-	if err := cli.Parse(fs, args[1:], os.Stderr, envPrefix, auditUsage); err != nil {
+	if err := cli.Parse(fs, args[1:], os.Stderr, envOf("audit"), auditUsage); err != nil {
 		return err
 	}
 	if *keysFile == "" {
@@ -353,7 +379,7 @@ func benchCmd(ctx context.Context, args []string) error {
 		url := fs.String("nats-url", "nats://127.0.0.1:4222", "NATS server of the telkeys to measure against")
 		creds := fs.String("nats-creds", "", "node credentials (telkeys credentials --role node)")
 		keys := fs.String("events-public-key", "", "the event-signing public keys to trust (telkeys events-key)")
-		if err := cli.Parse(fs, args[1:], os.Stderr, envPrefix, bench.NodeUsage); err != nil {
+		if err := cli.Parse(fs, args[1:], os.Stderr, envOf(fs.Name()), bench.NodeUsage); err != nil {
 			return err
 		}
 		return bench.RunNode(ctx, *url, *creds, *keys, os.Stdin, os.Stdout)
@@ -372,7 +398,7 @@ func benchCmd(ctx context.Context, args []string) error {
 	fs.IntVar(&c.Creates, "creates", 0, "keys to create in create (default 3200, or 160 with --quick)")
 	fs.StringVar(&c.LogLevel, "log-level", "error", "log level of the telkeys under test, on stderr: debug shows where startup time goes")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
-	if err := cli.Parse(fs, args, os.Stderr, envPrefix, bench.Usage); err != nil {
+	if err := cli.Parse(fs, args, os.Stderr, envOf(fs.Name()), bench.Usage); err != nil {
 		return err
 	}
 	return bench.Run(ctx, c, os.Stdout, os.Stderr)
