@@ -5,13 +5,13 @@
 package cli
 
 import (
-	"runtime/debug"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strings"
 	"time"
 
