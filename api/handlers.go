@@ -264,7 +264,14 @@ func (s *Server) listKeys(c *fiber.Ctx) error {
 			CreatedAt: formatTime(k.CreatedAt), Masked: apikey.Mask(k.Last4),
 		}
 		if sec, ok := lastUsed[k.ID]; ok {
-			t := formatTime(time.Unix(sec, 0))
+			// Nodes keep the second of the last use: a key used in the
+			// second it was made would show a use before its creation.
+			// The use happened at or after both, so the later is shown.
+			used := time.Unix(sec, 0)
+			if used.Before(k.CreatedAt) {
+				used = k.CreatedAt
+			}
+			t := formatTime(used)
 			kj.LastUsedAt = &t
 		}
 		out = append(out, kj)

@@ -234,16 +234,23 @@ func (c *contract) verify(t *testing.T, s *testService) {
 	})
 
 	// The list shows the use: requests today at once, last used once flushed (~1 s).
+	var lastUsed, created any
 	bustest.Eventually(t, 10*time.Second, "requests_today 1 and last_used_at set", func() bool {
 		body := s.do("GET", "/v1/teams/acme/api-keys", c.mem, nil).json(t)
-		var lastUsed any
 		for _, k := range body["keys"].([]any) {
 			if k.(map[string]any)["id"] == c.created["id"] {
-				lastUsed = k.(map[string]any)["last_used_at"]
+				lastUsed, created = k.(map[string]any)["last_used_at"], k.(map[string]any)["created_at"]
 			}
 		}
 		return body["stats"].(map[string]any)["requests_today"] == 1.0 && lastUsed != nil
 	})
+	// Nodes keep the second of a use; a key used in the second it was
+	// made must still not show a use before its creation.
+	used, err1 := time.Parse(time.RFC3339Nano, lastUsed.(string))
+	made, err2 := time.Parse(time.RFC3339Nano, created.(string))
+	if err1 != nil || err2 != nil || used.Before(made) {
+		t.Fatalf("last_used_at %v before created_at %v (%v %v)", lastUsed, created, err1, err2)
+	}
 }
 
 func (c *contract) deleteKey(t *testing.T, s *testService) {
