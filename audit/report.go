@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -39,14 +40,20 @@ func WriteEvents(ctx context.Context, js jetstream.JetStream, keys *events.Keys,
 			return cw.Write([]string{fmt.Sprint(v.Seq), v.Time, v.Actor.Subject, v.Actor.Role, v.Type, v.Aggregate, string(p), v.Prev, v.Hash, v.ID, v.Invalid})
 		}
 	case "table":
-		fmt.Fprintf(out, "%-8s %-30s %-24s %-20s %-20s %s\n", "SEQ", "TIME", "ACTOR", "TYPE", "AGGREGATE", "PAYLOAD")
+		// Fixed columns, so that a streamed table stays aligned; a value
+		// too long for its column is cut with "…" (jsonl and csv keep it
+		// whole).
+		row := func(seq, time, actor, typ, agg, rest string) string {
+			return cell(seq, 9) + cell(time, 25) + cell(actor, 33) + cell(typ, 21) + cell(agg, 25) + rest + "\n"
+		}
+		fmt.Fprint(out, row("SEQ", "TIME", "ACTOR", "TYPE", "AGGREGATE", "PAYLOAD"))
 		write = func(v View) error {
 			p, _ := json.Marshal(v.Payload)
 			mark := ""
 			if v.Invalid != "" {
 				mark = "  INVALID (" + v.Invalid + "): never applied"
 			}
-			_, err := fmt.Fprintf(out, "%-8d %-30s %-24s %-20s %-20s %s%s\n", v.Seq, v.Time, v.Actor.Subject+" ("+v.Actor.Role+")", v.Type, v.Aggregate, p, mark)
+			_, err := fmt.Fprint(out, row(fmt.Sprint(v.Seq), v.Time, v.Actor.Subject+" ("+v.Actor.Role+")", v.Type, v.Aggregate, string(p)+mark))
 			return err
 		}
 	default:
@@ -88,4 +95,14 @@ func WriteState(w io.Writer, st State, format string) error {
 		}
 	}
 	return nil
+}
+
+// cell is s in a column of width runes, separated from the next by at
+// least one space: padded, or cut with "…".
+func cell(s string, width int) string {
+	r := []rune(s)
+	if len(r) >= width {
+		return string(r[:width-2]) + "… "
+	}
+	return s + strings.Repeat(" ", width-len(r))
 }

@@ -114,6 +114,20 @@ func TestAuditCommands(t *testing.T) {
 	if code, out := cli("audit", "state", "--at", time.Now().UTC().Format(time.RFC3339Nano)); code != 0 || strings.Contains(out, k["id"].(string)) {
 		t.Fatalf("state now: %d %s", code, out)
 	}
+	// The table's columns line up: every value starts where its header does.
+	code, out = cli("audit", "events", "--format", "table")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) < 4 {
+		t.Fatalf("table: %d %s", code, out)
+	}
+	for _, col := range []string{"TIME", "ACTOR", "TYPE", "AGGREGATE", "PAYLOAD"} {
+		at := strings.Index(lines[0], col)
+		for _, l := range lines[1:] {
+			if r := []rune(l); len(r) <= at || r[at-1] != ' ' || r[at] == ' ' {
+				t.Fatalf("column %s does not start at %d in:\n%s", col, at, out)
+			}
+		}
+	}
 	if code, _ := cli("audit", "events", "--format", "xml"); code == 0 {
 		t.Fatal("a bad format succeeded")
 	}
