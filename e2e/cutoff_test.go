@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -25,7 +26,7 @@ func TestNodeCutOffFromNATS(t *testing.T) {
 	s := startService(t)
 	proxy := cutOffNATS(t, s)
 	const staleness = 2 * time.Second
-	addr := startNodeInProcess(t, node.Config{NATSURL: "nats://" + proxy.addr, NATSCreds: s.credsFor(bus.RoleNode),
+	addr, logs := startNodeInProcessLogged(t, node.Config{NATSURL: "nats://" + proxy.addr, NATSCreds: s.credsFor(bus.RoleNode),
 		EventsPublicKey: eventsKeyFile(t, s.cfg.DataDir),
 		HTTPAddr:        "127.0.0.1:0", MaxStaleness: staleness, Name: "cutoff-node"})
 	n := newNodeAPI(t, "cutoff-node", addr)
@@ -51,6 +52,17 @@ func TestNodeCutOffFromNATS(t *testing.T) {
 	pollNode(t, 10*time.Second, "after reconnecting, the deleted key is refused",
 		func() (response, error) { return n.apps(key) }, "401 invalid_api_key", "503 unavailable")
 	t.Logf("reconnected: first 401 %v after restoring the network", time.Since(tRestore))
+	// The node said so, under its name: losing the bus at warn, regaining it at info.
+	for _, want := range []string{`"level":"WARN","msg":"nats disconnected"`, `"level":"INFO","msg":"nats reconnected"`} {
+		bustest.Eventually(t, 5*time.Second, "the node logs "+want, func() bool {
+			for _, l := range strings.Split(logs.String(), "\n") {
+				if strings.Contains(l, want) && strings.Contains(l, `"node":"cutoff-node"`) {
+					return true
+				}
+			}
+			return false
+		})
+	}
 	waitSteadyRefusal(t, n, key)
 
 	// It is current again: a new key works, without a 503 on the way.

@@ -220,6 +220,13 @@ func startTelkeysProcess(t *testing.T, dataDir string) *telkeysProcess {
 // and returns the node's HTTP address.
 func startNodeInProcess(t *testing.T, cfg node.Config) (addr string) {
 	t.Helper()
+	addr, _ = startNodeInProcessLogged(t, cfg)
+	return addr
+}
+
+// startNodeInProcessLogged is startNodeInProcess, and the node's log.
+func startNodeInProcessLogged(t *testing.T, cfg node.Config) (addr string, log fmt.Stringer) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	w := newLogWatcher()
 	exit := make(chan error, 1)
@@ -246,5 +253,5 @@ func startNodeInProcess(t *testing.T, cfg node.Config) (addr string) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("node did not listen within 30s:\n%s", w)
 	}
-	return addr
+	return addr, w
 }
