@@ -219,6 +219,8 @@ func (f *uiFlow) adminEnablesTeam(t *testing.T) {
 	admin.set("#team-max-requests", "1000")
 	admin.click("#team-save")
 	admin.until("acme listed", "document.querySelector('#teams-table') && document.querySelector('#teams-table').textContent.includes('acme')")
+	// Saved, the id box is empty again, and not marked invalid for it.
+	admin.until("the team id box emptied, not marked invalid", "document.querySelector('#new-team-id').value === '' && !document.querySelector('#new-team-id').matches(':user-invalid')")
 	admin.shot("1-admin-enabled-acme")
 }
 
@@ -287,6 +289,12 @@ func (f *uiFlow) keyListedMasked(t *testing.T) {
 	if row := member.text("#keys-table tbody tr"); !strings.Contains(row, "READ_TEAM_APPS") || !strings.Contains(row, "backend") || !strings.Contains(row, "never") {
 		t.Fatalf("row %q", row)
 	}
+	// Dates name their time zone (the test browser runs in UTC).
+	if created := member.text("#keys-table tbody tr time"); !strings.Contains(created, "UTC") {
+		t.Fatalf("created %q names no time zone", created)
+	}
+	// A member has one page: no tab bar.
+	member.until("no tab bar for one page", "document.querySelector('#tabs').hidden")
 	if h := member.html(); strings.Contains(h, f.secret) || strings.Contains(h, f.secret[3:20]) {
 		t.Fatal("the plaintext key is still in the page after its dialog closed")
 	}
@@ -326,6 +334,9 @@ func (f *uiFlow) adminDisablesTeam(t *testing.T) {
 	admin.until("saved", "!document.querySelector('#team-dialog').open")
 	member.open(f.s.base)
 	member.until("disabled message", visible("#api-keys-disabled"))
+	if n := member.text("#api-keys-disabled"); !strings.Contains(n, "Admin settings → Teams") {
+		t.Fatalf("the notice names the tab otherwise: %q", n)
+	}
 	member.until("tab gone", "!("+visible("#tab-api-keys")+")")
 	h := member.html()
 	if strings.Contains(h, f.masked) || strings.Contains(h, "worker") {

@@ -109,7 +109,9 @@ export function initAdmin() {
   setupDialog($('#team-dialog'), async () => {
     editing = null;
     if (!saved) return;
-    if ($('#new-team-id').value.trim() === saved) $('#new-team-id').value = '';
+    // reset, not value = '': it also forgets that the user typed in the
+    // box, so the now-empty required field is not shown as invalid.
+    if ($('#new-team-id').value.trim() === saved) $('#new-team-form').reset();
     await run(loadAdmin);
   }, () => {
     const t = saved;

@@ -91,7 +91,8 @@ function start(c) {
   $('#app').hidden = false;
   const allowed = TABS.filter((t) => t.roles.includes(role));
   for (const t of TABS) $(`#${t.id}`).hidden = !allowed.includes(t);
-  $('#tabs').hidden = allowed.length === 0;
+  // One page needs no tab bar (a member's): an empty-looking line otherwise.
+  $('#tabs').hidden = allowed.length < 2;
   $('#no-access').hidden = allowed.length > 0;
   $('#no-access').textContent = allowed.length ? '' : `The role "${role}" has no pages in this interface.`;
   for (const p of $$('[role=tabpanel]')) p.hidden = true;

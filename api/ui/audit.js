@@ -21,7 +21,7 @@ function row(e) {
     h('td', {}, actor),
     h('td', {}, e.type),
     h('td', {}, e.team ?? '—'),
-    h('td', {}, h('code', { class: 'payload' }, JSON.stringify(e.payload ?? {}))));
+    h('td', {}, h('code', { class: 'payload' }, JSON.stringify(e.payload ?? {}, null, 1))));
 }
 
 // loadAudit fetches the first page, or with more=true the page after the last one.

@@ -19,12 +19,15 @@ export function chips(list) {
   return list.map((s) => h('span', { class: 'chip' }, s));
 }
 
-// timeEl shows an RFC 3339 time in the user's locale, UTC on hover.
+// timeEl shows an RFC 3339 time in the user's locale and time zone, named,
+// with UTC on hover.
 export function timeEl(iso) {
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return document.createTextNode(String(iso));
   const utc = `${d.toISOString().slice(0, 19).replace('T', ' ')} UTC`;
-  return h('time', { datetime: iso, title: utc }, d.toLocaleString());
+  return h('time', { datetime: iso, title: utc }, d.toLocaleString(undefined, {
+    year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit', timeZoneName: 'short',
+  }));
 }
 
 export function emptyRow(cols, text) {
