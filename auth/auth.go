@@ -1,7 +1,8 @@
-// Package auth issues and checks the platform's bearer tokens: HS256 JWTs
-// with a subject, a role and, for members, a team. Only HS256 with the
-// configured secret is accepted; "alg: none" and every other algorithm are
-// refused before any signature check.
+// Package auth issues and checks the platform's bearer tokens: JWTs with a
+// subject, a role and, for members, a team. It accepts HS256 with the
+// configured secret, and, with TrustIssuer, RS256, ES256 or EdDSA from the
+// platform's identity provider (its JWKS, issuer and audience); "alg: none"
+// and every other algorithm are refused before any signature check.
 package auth
 
 import (
@@ -71,6 +72,9 @@ type Authority struct {
 	// checked on every hit. Cleared when full.
 	mu       sync.RWMutex
 	verified map[string]Claims
+
+	// issuer, if set, is the platform's identity provider (TrustIssuer).
+	issuer *issuer
 }
 
 // verifiedMax bounds the remembered tokens.
@@ -130,19 +134,26 @@ func (a *Authority) Verify(token string) (Claims, error) {
 		}
 		return c, nil
 	}
-	var jc jwtClaims
-	_, err := jwt.ParseWithClaims(token, &jc, func(*jwt.Token) (any, error) { return a.secret, nil },
-		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
-		jwt.WithExpirationRequired(),
-		jwt.WithLeeway(leeway),
-		jwt.WithTimeFunc(a.now),
-	)
-	if err != nil {
-		return Claims{}, fmt.Errorf("%w: %s", ErrUnauthorized, reason(err))
-	}
-	c = Claims{Subject: jc.Subject, Role: jc.Role, Team: jc.Team, Expires: jc.ExpiresAt.Time}
-	if err := a.check(c); err != nil {
-		return Claims{}, fmt.Errorf("%w: %v", ErrUnauthorized, err)
+	if isHS256(token) || a.issuer == nil {
+		var jc jwtClaims
+		_, err := jwt.ParseWithClaims(token, &jc, func(*jwt.Token) (any, error) { return a.secret, nil },
+			jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+			jwt.WithExpirationRequired(),
+			jwt.WithLeeway(leeway),
+			jwt.WithTimeFunc(a.now),
+		)
+		if err != nil {
+			return Claims{}, fmt.Errorf("%w: %s", ErrUnauthorized, reason(err))
+		}
+		c = Claims{Subject: jc.Subject, Role: jc.Role, Team: jc.Team, Expires: jc.ExpiresAt.Time}
+		if err := a.check(c); err != nil {
+			return Claims{}, fmt.Errorf("%w: %v", ErrUnauthorized, err)
+		}
+	} else {
+		var err error
+		if c, err = a.verifyIssued(token); err != nil {
+			return Claims{}, err
+		}
 	}
 	a.mu.Lock()
 	if len(a.verified) >= verifiedMax {

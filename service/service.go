@@ -64,6 +64,9 @@ type Config struct {
 	// waits for the nodes to apply it: their MaxStaleness plus one
 	// heartbeat period (0: barrier.DefaultBound).
 	RevocationWait time.Duration
+	// Issuer, when its JWKSURL is set, is the platform's identity
+	// provider, whose tokens are accepted besides telkeys' own.
+	Issuer auth.Issuer
 }
 
 // SigningKeyPath is where telkeys serve keeps its event-signing key when
@@ -119,6 +122,11 @@ func (c Config) Validate() error {
 	}
 	if c.AuthSecret == "" && c.DataDir == "" {
 		errs = append(errs, errors.New("--auth-secret or --data-dir is required"))
+	}
+	if c.Issuer.JWKSURL != "" {
+		if err := c.Issuer.Validate(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.AuthSecret != "" && len(c.AuthSecret) < auth.MinSecretLen {
 		errs = append(errs, fmt.Errorf("--auth-secret must be at least %d bytes", auth.MinSecretLen))
@@ -230,6 +238,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (svc *Service, err
 	authority, err := newAuthority(cfg)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Issuer.JWKSURL != "" {
+		cfg.Issuer.Log = log.With("component", "auth")
+		if err := authority.TrustIssuer(bg, cfg.Issuer); err != nil { // refreshed until Shutdown
+			return nil, err
+		}
 	}
 	if cfg.RevocationWait <= 0 {
 		cfg.RevocationWait = barrier.DefaultBound

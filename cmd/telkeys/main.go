@@ -120,6 +120,11 @@ func serve(ctx context.Context, args []string) error {
 	fs.StringVar(&c.SigningKey, "signing-key", "", "Ed25519 key (PEM) that signs events; every instance of a deployment uses the same; empty: the one in --data-dir, made on first start")
 	fs.DurationVar(&c.RevocationWait, "revocation-wait", barrier.DefaultBound, "how long a DELETE (or a team disabled, a scope removed, webrtc off) waits for every TelAPI node to apply it: the nodes' --max-staleness plus 1s")
 	fs.StringVar(&c.EventsPublicKey, "events-public-key", "", "more event-signing public keys to trust (PEM), e.g. the previous key while rotating")
+	fs.StringVar(&c.Issuer.JWKSURL, "jwks-url", "", "also accept tokens of the platform's identity provider: RS256, ES256 or EdDSA by a key of this JWKS (with --jwt-issuer and --jwt-audience)")
+	fs.StringVar(&c.Issuer.Issuer, "jwt-issuer", "", "the iss those tokens must carry")
+	fs.StringVar(&c.Issuer.Audience, "jwt-audience", "", "the aud those tokens must carry")
+	fs.StringVar(&c.Issuer.RoleClaim, "jwt-role-claim", "role", "the claim of those tokens that holds the role (superadmin, auditor, member or node; anything else is refused)")
+	fs.StringVar(&c.Issuer.TeamClaim, "jwt-team-claim", "team", "the claim of those tokens that holds a member's team")
 	logCfg := cli.LogFlags(fs)
 	intro := "Usage: telkeys serve [flags]\n\nRuns the API key service: the REST API, the projections that build the read\n" +
 		"models, and (unless --nats-url is set) an embedded NATS server with JetStream.\n" +
