@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -347,14 +345,14 @@ func checkLeafClients(t *testing.T, c *cluster, e *edge) {
 type edge struct {
 	leaf      *server.Server
 	clientURL string
-	proxies   []*cutProxy
+	proxies   []*bustest.CutProxy
 }
 
 func startEdge(t *testing.T, c *cluster) *edge {
 	t.Helper()
 	e := &edge{}
 	for _, hub := range c.leafs {
-		e.proxies = append(e.proxies, newCutProxy(t, hub))
+		e.proxies = append(e.proxies, bustest.NewCutProxy(t, hub))
 	}
 	// The site's credentials: the node role, named for the site.
 	siteCreds := writeCreds(t, c.authority, site)
@@ -367,7 +365,7 @@ func startEdge(t *testing.T, c *cluster) *edge {
 		"listen: 0.0.0.0:4222", fmt.Sprintf("listen: 127.0.0.1:%d", port),
 		"http: 127.0.0.1:8222", "",
 		"/etc/nats/tls/server.pem", c.cert, "/etc/nats/tls/server-key.pem", c.key, "/etc/nats/tls/ca.pem", c.ca,
-		"tls://n1:7422", "tls://"+e.proxies[0].addr, "tls://n2:7422", "tls://"+e.proxies[1].addr, "tls://n3:7422", "tls://"+e.proxies[2].addr,
+		"tls://n1:7422", "tls://"+e.proxies[0].Addr, "tls://n2:7422", "tls://"+e.proxies[1].Addr, "tls://n3:7422", "tls://"+e.proxies[2].Addr,
 		"/etc/nats/edge-1.creds", siteCreds,
 	).Replace(string(b))
 	// Beside the cluster's auth.conf, which the leaf includes.
@@ -609,110 +607,4 @@ func (k *telkeys) nodeState(name string) string {
 		}
 	}
 	return ""
-}
-
-// cutProxy forwards TCP connections from its own address to target, as the
-// network between a site and the cluster does. Cut closes every
-// connection and the listener, so that new ones are refused; Restore
-// listens again on the same address.
-type cutProxy struct {
-	addr, target string
-
-	mu    sync.Mutex
-	gen   int          // bumped by every Cut
-	ln    net.Listener // nil while cut
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
-}
-
-func newCutProxy(t *testing.T, target string) *cutProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cutProxy{addr: ln.Addr().String(), target: target, conns: map[net.Conn]struct{}{}}
-	p.mu.Lock()
-	p.serveLocked(ln)
-	p.mu.Unlock()
-	t.Cleanup(func() {
-		p.Cut()
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *cutProxy) serveLocked(ln net.Listener) {
-	p.ln = ln
-	gen := p.gen
-	p.wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.wg.Go(func() { p.pipe(c, gen) })
-		}
-	})
-}
-
-func (p *cutProxy) pipe(client net.Conn, gen int) {
-	server, err := net.Dial("tcp", p.target)
-	if err != nil {
-		client.Close()
-		return
-	}
-	p.mu.Lock()
-	if p.gen != gen { // cut while dialing
-		p.mu.Unlock()
-		client.Close()
-		server.Close()
-		return
-	}
-	p.conns[client], p.conns[server] = struct{}{}, struct{}{}
-	p.mu.Unlock()
-	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(server, client); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(client, server); done <- struct{}{} }()
-	<-done
-	client.Close()
-	server.Close()
-	<-done
-	p.mu.Lock()
-	delete(p.conns, client)
-	delete(p.conns, server)
-	p.mu.Unlock()
-}
-
-// Cut closes every connection and refuses new ones.
-func (p *cutProxy) Cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.gen++
-	if p.ln != nil {
-		p.ln.Close()
-		p.ln = nil
-	}
-	for c := range p.conns {
-		c.Close()
-	}
-}
-
-// Restore accepts connections again, on the same address.
-func (p *cutProxy) Restore(t *testing.T) {
-	t.Helper()
-	var ln net.Listener
-	var err error
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		if ln, err = net.Listen("tcp", p.addr); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("proxy cannot listen on %s again: %v", p.addr, err)
-		}
-		<-time.After(10 * time.Millisecond) // retry the listen
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.serveLocked(ln)
 }

@@ -26,7 +26,7 @@ func TestNodeCutOffFromNATS(t *testing.T) {
 	s := startService(t)
 	proxy := cutOffNATS(t, s)
 	const staleness = 2 * time.Second
-	addr, logs := startNodeInProcessLogged(t, node.Config{NATSURL: "nats://" + proxy.addr, NATSCreds: s.credsFor(bus.RoleNode),
+	addr, logs := startNodeInProcessLogged(t, node.Config{NATSURL: "nats://" + proxy.Addr, NATSCreds: s.credsFor(bus.RoleNode),
 		EventsPublicKey: eventsKeyFile(t, s.cfg.DataDir),
 		HTTPAddr:        "127.0.0.1:0", MaxStaleness: staleness, Name: "cutoff-node"})
 	n := newNodeAPI(t, "cutoff-node", addr)
@@ -169,7 +169,7 @@ func TestReconnectNeverAnswersFromStaleState(t *testing.T) {
 	s := startService(t)
 	proxy := cutOffNATS(t, s)
 	// The node's connection settings (package node).
-	nc, err := bus.Dial(bus.ClientConfig{URLs: "nats://" + proxy.addr, Creds: s.credsFor(bus.RoleNode),
+	nc, err := bus.Dial(bus.ClientConfig{URLs: "nats://" + proxy.Addr, Creds: s.credsFor(bus.RoleNode),
 		Options: []nats.Option{nats.PingInterval(2 * time.Second), nats.MaxPingsOutstanding(2)}})
 	if err != nil {
 		t.Fatal(err)
