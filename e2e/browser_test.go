@@ -206,6 +206,9 @@ func (f *uiFlow) adminEnablesTeam(t *testing.T) {
 	admin := f.admin
 	admin.open(f.s.base)
 	admin.devSignIn("superadmin", "")
+	// A superadmin lands on the overview, a page of its own, not on Teams.
+	admin.until("overview", visible("#panel-overview")+" && !("+visible("#panel-admin-teams")+") && document.querySelector('#ov-teams .stat-value').textContent.includes('0 of 0 teams')")
+	admin.shot("0-admin-overview")
 	admin.click("#tab-admin-teams")
 	admin.set("#new-team-id", "acme")
 	admin.click("#new-team-submit")

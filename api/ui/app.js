@@ -5,8 +5,11 @@ import { initKeys, loadKeys, resetKeys } from './keys.js';
 import { initAdmin, loadAdmin, resetAdmin } from './admin.js';
 import { initAudit, loadAudit, resetAudit } from './audit.js';
 import { initNodes, loadNodes, resetNodes } from './nodes.js';
+import { loadOverview, resetOverview } from './overview.js';
 
 const TABS = [
+  // A superadmin lands on the overview, not on one of the settings pages.
+  { id: 'tab-overview', roles: ['superadmin'], load: () => loadOverview() },
   { id: 'tab-api-keys', roles: ['member'], load: () => loadKeys(claims?.team ?? '') },
   { id: 'tab-admin-teams', roles: ['superadmin'], load: () => loadAdmin() },
   { id: 'tab-admin-nodes', roles: ['superadmin', 'auditor'], load: () => loadNodes() },
@@ -52,6 +55,7 @@ function showSignIn(message = '') {
   resetAdmin();
   resetAudit();
   resetNodes();
+  resetOverview();
   $('#app').hidden = true;
   $('#session').hidden = true;
   $('#whoami').textContent = '';
