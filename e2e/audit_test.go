@@ -120,6 +120,9 @@ func TestAuditCommands(t *testing.T) {
 	if code != 0 || len(lines) < 4 {
 		t.Fatalf("table: %d %s", code, out)
 	}
+	if strings.Contains(strings.Fields(lines[1])[1], "…") {
+		t.Fatalf("the time is cut: %q", lines[1])
+	}
 	for _, col := range []string{"TIME", "ACTOR", "TYPE", "AGGREGATE", "PAYLOAD"} {
 		at := strings.Index(lines[0], col)
 		for _, l := range lines[1:] {
