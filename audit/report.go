@@ -44,7 +44,7 @@ func WriteEvents(ctx context.Context, js jetstream.JetStream, keys *events.Keys,
 		// too long for its column is cut with "…" (jsonl and csv keep it
 		// whole).
 		row := func(seq, time, actor, typ, agg, rest string) string {
-			return cell(seq, 9) + cell(time, 26) + cell(actor, 33) + cell(typ, 21) + cell(agg, 25) + rest + "\n"
+			return cell(seq, 9) + cell(time, 32) + cell(actor, 33) + cell(typ, 21) + cell(agg, 25) + rest + "\n"
 		}
 		fmt.Fprint(out, row("SEQ", "TIME", "ACTOR", "TYPE", "AGGREGATE", "PAYLOAD"))
 		write = func(v View) error {
