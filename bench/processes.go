@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -107,7 +108,43 @@ func (b *bench) startNodeProcesses(ctx context.Context, n int) ([]*nodeProcess, 
 			}
 		}
 	}
+	// A node that has just loaded a million keys keeps a core busy for a
+	// while (its collector, returning memory): measure once they are idle.
+	b.progress.printf("waiting for the telapi-node processes to settle after their warm-up")
+	settle(ctx, nodes)
 	return nodes, stop, nil
+}
+
+// settle waits, at most 60 s, until the processes used less than 2 % of a
+// core over the last second together.
+func settle(ctx context.Context, nodes []*nodeProcess) {
+	cpu := func() (total time.Duration) {
+		for _, n := range nodes {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n.cmd.Process.Pid))
+			if err != nil {
+				return -1 // not Linux: nothing to wait for
+			}
+			// utime and stime, in clock ticks (100 per second), are the
+			// 12th and 13th fields after the command's closing parenthesis.
+			f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+			if len(f) < 13 {
+				return -1
+			}
+			u, _ := strconv.ParseInt(f[11], 10, 64)
+			s, _ := strconv.ParseInt(f[12], 10, 64)
+			total += time.Duration(u+s) * 10 * time.Millisecond
+		}
+		return total
+	}
+	last := cpu()
+	for deadline := time.Now().Add(60 * time.Second); last >= 0 && time.Now().Before(deadline) && ctx.Err() == nil; {
+		<-time.After(time.Second) // one second of CPU time, sampled
+		now := cpu()
+		if now-last < 20*time.Millisecond {
+			return
+		}
+		last = now
+	}
 }
 
 // revokeAcrossProcesses deletes keys while three telapi-node processes
