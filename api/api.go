@@ -83,7 +83,7 @@ type Nodes interface {
 // Verifier is the server's own validator (package keyauth).
 type Verifier interface {
 	Applied() uint64
-	Verify(key, scope string) keyauth.Result
+	VerifyWait(ctx context.Context, key, scope string) keyauth.Result
 	Usage(team string) (today, limit int64)
 	WaitApplied(ctx context.Context, seq uint64) error
 }

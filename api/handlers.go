@@ -348,7 +348,7 @@ func (s *Server) verify(c *fiber.Ctx) error {
 	if body.Key == nil || body.Scope == nil {
 		return badRequest("key and scope are required")
 	}
-	r := s.cfg.Verifier.Verify(*body.Key, *body.Scope)
+	r := s.cfg.Verifier.VerifyWait(c.UserContext(), *body.Key, *body.Scope)
 	out := verifyJSON{Valid: r.Valid(), Code: r.Code.String(), Scopes: r.Scopes.Strings()}
 	if r.KeyID != "" {
 		out.Team, out.KeyID = &r.Team, &r.KeyID

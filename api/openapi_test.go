@@ -68,7 +68,9 @@ func (stubQueries) Quarantine(context.Context) ([]projections.QuarantineRecord, 
 
 type stubVerifier struct{}
 
-func (stubVerifier) Verify(string, string) keyauth.Result      { panic("stub: Verify called") }
+func (stubVerifier) VerifyWait(context.Context, string, string) keyauth.Result {
+	panic("stub: VerifyWait called")
+}
 func (stubVerifier) Usage(string) (int64, int64)               { panic("stub: Usage called") }
 func (stubVerifier) WaitApplied(context.Context, uint64) error { panic("stub: WaitApplied called") }
 func (stubVerifier) Applied() uint64                           { panic("stub: Applied called") }

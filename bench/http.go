@@ -173,7 +173,7 @@ func (b *bench) addHTTP(scenario, what string, r, floor httpResult, floorName st
 // allowAll is a node Verifier that checks nothing: the floor of node-gate.
 type allowAll struct{}
 
-func (allowAll) Verify(string, string) keyauth.Result {
+func (allowAll) VerifyWait(context.Context, string, string) keyauth.Result {
 	return keyauth.Result{Code: keyauth.Valid, Team: benchTeam(0), Scopes: keyauth.ScopeReadTeamApps, Limit: -1}
 }
 func (allowAll) Current() bool { return true }

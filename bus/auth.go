@@ -87,6 +87,7 @@ func Grants(r Role, name string) (Grant, error) {
 	case RoleNode:
 		keyIndex := ObjectStream(BucketKeyIndex)
 		pub := append(readConsumers(EventStream), readConsumers(UsageStream)...)
+		pub = append(pub, readConsumers(QuotaStream)...)
 		pub = append(pub, readConsumers(keyIndex)...)
 		pub = append(pub,
 			ReadersAPIPrefix+".DIRECT.GET."+keyIndex+".>", // the index's metadata
@@ -94,6 +95,8 @@ func Grants(r Role, name string) (Grant, error) {
 			"$JS.FC."+keyIndex+".>",                          // flow control of its chunks
 			ReadersAPIPrefix+".DIRECT.GET."+UsageStream+".>", // a team's count today
 			UsageSubjectPrefix+">",                           // usage increments
+			ReadersAPIPrefix+".DIRECT.GET."+QuotaStream+".>", // a team's reservations today
+			QuotaSubjectPrefix+">",                           // reservations under a daily limit
 			ReadersAPIPrefix+".STREAM.INFO."+LastUsedStream,
 			LastUsedSubjectPrefix+">",     // last-used times
 			NodeAppliedSubject(name, "*"), // what it has applied, under its own name

@@ -73,6 +73,13 @@ const (
 	// MaxAge; counter streams cannot use per-message TTLs).
 	UsageRetention = 35 * 24 * time.Hour
 
+	// QuotaStream holds, for teams with a daily limit, how many requests
+	// the nodes have reserved the right to admit: one counter subject,
+	// QuotaSubjectPrefix + <team>.<yyyymmdd>. A node admits a limited
+	// team's request only from a block it reserved here (see keyauth).
+	QuotaStream        = "TELKEYS_QUOTA"
+	QuotaSubjectPrefix = "telkeys.quota."
+
 	// LastUsedStream holds when each key was last used, in unix seconds:
 	// one message per key, on LastUsedSubject(team, key id). Nodes write
 	// it as they write usage counts; it is not a KV bucket, which nodes
@@ -89,6 +96,12 @@ const (
 // UsageSubject returns the counter subject of a team on a UTC day.
 func UsageSubject(team string, day time.Time) string {
 	return UsageSubjectPrefix + team + "." + day.UTC().Format("20060102")
+}
+
+// QuotaSubject returns the reservation counter subject of a team on a UTC
+// day.
+func QuotaSubject(team string, day time.Time) string {
+	return QuotaSubjectPrefix + team + "." + day.UTC().Format("20060102")
 }
 
 // Keys of the read-model bucket.
@@ -172,6 +185,7 @@ type Handles struct {
 	ReadModelStream jetstream.Stream
 	Snapshots       jetstream.KeyValue
 	Usage           jetstream.Stream
+	Quota           jetstream.Stream
 	LastUsed        jetstream.Stream
 	// KeyIndex is nil when a validator opens a deployment that has none.
 	KeyIndex jetstream.ObjectStore
@@ -244,6 +258,27 @@ func Setup(ctx context.Context, js jetstream.JetStream, replicas int) (*Handles,
 	if err != nil {
 		return nil, fmt.Errorf("bus: usage stream: %w", err)
 	}
+	// Reservations are what keeps a daily limit: unlike the counts, they
+	// are stored as durably as the events, since a lost reservation would
+	// let the nodes admit it again. A node writes one per block, not per
+	// request.
+	h.Quota, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:              QuotaStream,
+		Description:       "requests reserved per team per UTC day under a daily limit (counters)",
+		Subjects:          []string{QuotaSubjectPrefix + ">"},
+		Storage:           jetstream.FileStorage,
+		Replicas:          replicas,
+		AllowMsgCounter:   true,
+		AllowDirect:       true,
+		MaxMsgsPerSubject: 1,
+		MaxMsgSize:        1024,
+		MaxBytes:          1 << 30,
+		MaxAge:            UsageRetention,
+		Duplicates:        2 * time.Minute,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bus: quota stream: %w", err)
+	}
 	if h.KeyIndex, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket:      BucketKeyIndex,
 		Description: "validator snapshots: every key, team and flag at one event sequence",
@@ -304,6 +339,9 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Handles, error) {
 	}
 	if h.Usage, err = js.Stream(ctx, UsageStream); err != nil {
 		return nil, fmt.Errorf("bus: %s: %w", UsageStream, err)
+	}
+	if h.Quota, err = js.Stream(ctx, QuotaStream); err != nil {
+		return nil, fmt.Errorf("bus: %s: %w", QuotaStream, err)
 	}
 	if h.LastUsed, err = js.Stream(ctx, LastUsedStream); err != nil {
 		return nil, fmt.Errorf("bus: %s: %w", LastUsedStream, err)

@@ -20,6 +20,8 @@
 //
 // Successful verifications are counted per team per UTC day and flushed to
 // JetStream counters about every 100 ms; last-used times about every second.
+// A team's daily limit is exact across nodes: each node admits only from a
+// block it has reserved in the team's reservation counter (quota.go).
 package keyauth
 
 import (
@@ -75,6 +77,11 @@ type Result struct {
 	// one included; Limit is the team's max_requests_per_day, -1 if none.
 	RequestsToday int64
 	Limit         int64
+	// Reserving is set on RATE_LIMITED when the limit is not known to be
+	// reached but this node holds no reservation for the team right now:
+	// one is on its way (see VerifyWait), or the bus is unreachable. Worth
+	// a retry in a second, unlike a limit reached.
+	Reserving bool
 }
 
 // Valid reports whether the key may be used.
@@ -198,6 +205,16 @@ type Validator struct {
 	reconnects atomic.Uint64
 	flushSeq   atomic.Uint64
 
+	// The refiller's queue of teams that need a reservation (quota.go);
+	// refillDone is closed after each round.
+	refillMu   sync.Mutex
+	refillQ    []*team
+	refillKick chan struct{}
+	refillDone chan struct{}
+	lastSweep  time.Time // the refiller's only
+	// reserveFailing is set while reservations fail.
+	reserveFailing atomic.Bool
+
 	usageReady  chan struct{} // closed once today's counters are loaded
 	usageLoaded sync.Once
 
@@ -228,7 +245,8 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Validator, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &Validator{cfg: cfg, nc: nc, js: js, h: h, usageReady: make(chan struct{})}
+	v := &Validator{cfg: cfg, nc: nc, js: js, h: h, usageReady: make(chan struct{}),
+		refillKick: make(chan struct{}, 1), refillDone: make(chan struct{})}
 	v.st.init(cfg.Keys)
 	v.lastHeard.Store(cfg.Now().UnixNano())
 	v.clock.Store(cfg.Now().UnixNano())
@@ -258,6 +276,7 @@ func (v *Validator) Close() {
 	v.wg.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
+	v.giveBackAll(ctx)
 	v.flushUsage(ctx, true)
 	v.flushLastUsed(ctx)
 }

@@ -65,6 +65,7 @@ type team struct {
 	name  string
 	cfg   atomic.Pointer[teamConfig] // nil: never configured, disabled
 	usage usageCounter
+	quota quota
 }
 
 type key struct {
@@ -122,7 +123,6 @@ type state struct {
 	chain     *events.Chain
 	applied   bus.Progress // the last event sequence applied (or skipped as invalid)
 	keysCount atomic.Int64
-	kick      chan struct{} // asks for an early usage flush
 }
 
 // init empties the state, trusting events signed by trusted; it runs
@@ -136,7 +136,6 @@ func (s *state) init(trusted *events.Keys) {
 	s.teams = map[string]*team{}
 	s.flagSeq = 0
 	s.webrtcOff.Store(false)
-	s.kick = make(chan struct{}, 1)
 }
 
 // hashKey is SHA-256 of the key through a stack buffer: hashing the string
@@ -206,10 +205,16 @@ func (s *state) team(name string) *team {
 	defer s.teamsMu.Unlock()
 	if t = s.teams[name]; t == nil {
 		t = &team{name: name}
-		t.usage.kick = s.kick
 		s.teams[name] = t
 	}
 	return t
+}
+
+// knownTeam returns the team named name, nil if the state has none.
+func (s *state) knownTeam(name string) *team {
+	s.teamsMu.RLock()
+	defer s.teamsMu.RUnlock()
+	return s.teams[name]
 }
 
 func (s *state) eachTeam(f func(*team)) {

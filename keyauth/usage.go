@@ -20,29 +20,34 @@ func dayOf(t time.Time) int64 { return t.Unix() / 86400 }
 
 func dayTime(day int64) time.Time { return time.Unix(day*86400, 0).UTC() }
 
-// usageCounter is one team's count for the current UTC day:
+// usageCounter is one team's count of admitted requests for the current
+// UTC day:
 //
 //	global   the total the counter stream last reported (every node's
-//	         flushed verifications, this node's included)
-//	inflight this node's verifications being flushed right now
-//	pending  this node's verifications not flushed yet
+//	         flushed counts, this node's included)
+//	inflight this node's requests being flushed right now
+//	pending  this node's requests not flushed yet
 //
-// Their sum is what the quota is checked against. On one node it is exact;
-// with several, other nodes' counts arrive within a flush period or so.
+// Their sum is "requests today". The daily limit is not checked against
+// it but kept by reservations (quota.go): this count lags other nodes by a
+// flush period or so.
 type usageCounter struct {
 	mu       sync.Mutex
 	day      int64
 	global   int64
 	inflight int64
 	pending  int64
+	// unreserved counts requests admitted today while the team had no
+	// limit: a limit set later in the day counts them too.
+	unreserved int64
 	// retry is a flush whose outcome is unknown; it is sent again with the
 	// same message id, so the stream counts it once.
 	retry *flushReq
 	// carry are earlier days' unflushed counts, still to be sent (more
 	// than one only if flushes failed across several midnights).
 	carry []*flushReq
-	// kick asks the flusher to flush now (shared by all counters).
-	kick chan struct{}
+	// seen is the highest total reported while a flush was in flight.
+	seen int64
 	// nextDay and nextTotal are a total seen for a day this node's clock
 	// has not reached yet.
 	nextDay, nextTotal int64
@@ -61,26 +66,28 @@ type flushReq struct {
 	msgID string
 }
 
-// charge counts one verification if the limit allows it (limit < 0: none).
-func (c *usageCounter) charge(day, limit int64) (int64, bool) {
+// charge counts one admitted request (limited: whether the team has a
+// daily limit) and returns the day's total.
+func (c *usageCounter) charge(day int64, limited bool) int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.rollover(day)
-	total := c.global + c.inflight + c.pending
-	if limit >= 0 && total >= limit {
-		return total, false
-	}
 	c.pending++
-	// Near the limit, other nodes must learn of this node's count sooner
-	// than the next periodic flush: flush once pending reaches an eighth
-	// of what is left.
-	if limit >= 0 && c.pending*8 >= limit-c.global-c.inflight {
-		select {
-		case c.kick <- struct{}{}:
-		default:
-		}
+	if !limited {
+		c.unreserved++
 	}
-	return total + 1, true
+	return c.global + c.inflight + c.pending
+}
+
+// takeUnreserved returns, and forgets, the requests admitted on day while
+// the team had no limit.
+func (c *usageCounter) takeUnreserved(day int64) int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.rollover(day)
+	n := c.unreserved
+	c.unreserved = 0
+	return n
 }
 
 func (c *usageCounter) count(day int64) int64 {
@@ -100,7 +107,7 @@ func (c *usageCounter) rollover(day int64) {
 	if c.pending > 0 {
 		c.carry = append(c.carry, &flushReq{day: c.day, n: c.pending})
 	}
-	c.day, c.global, c.inflight, c.pending = day, 0, 0, 0
+	c.day, c.global, c.inflight, c.pending, c.unreserved, c.seen = day, 0, 0, 0, 0, 0
 	if c.nextDay == day {
 		c.global = c.nextTotal
 	}
@@ -108,8 +115,7 @@ func (c *usageCounter) rollover(day int64) {
 
 // observe records a total reported by the counter stream. While this node
 // has a flush in flight the report may or may not include it, so it is
-// ignored: the flush's acknowledgement (or, for a duplicate, a read of the
-// counter) brings the total. A total for a later day than this node's clock
+// kept aside until the flush lands. A total for a later day than this node's clock
 // (another node's clock runs ahead) is kept for when this node gets there.
 func (c *usageCounter) observe(today, day, total int64) {
 	c.mu.Lock()
@@ -122,6 +128,8 @@ func (c *usageCounter) observe(today, day, total int64) {
 		}
 	case day == c.day && c.inflight == 0 && total > c.global:
 		c.global = total
+	case day == c.day && c.inflight != 0:
+		c.seen = max(c.seen, total) // taken once the flush lands
 	}
 }
 
@@ -146,34 +154,68 @@ func (v *Validator) startUsage(ctx, runCtx context.Context) error {
 		return err
 	}
 	v.stopWith(runCtx, cc)
-	// Start from today's counts, not from zero: a restarted node must not
-	// grant a team's quota again.
+	// Start from today's counts, not from zero: requests today must not
+	// drop when a node restarts.
 	select {
 	case <-v.usageReady:
 	case <-ctx.Done():
 		return fmt.Errorf("keyauth: loading usage counters: %w", ctx.Err())
 	}
-	bus.Every(runCtx, &v.wg, v.cfg.UsageFlush, v.st.kick, func(ctx context.Context) { v.flushUsage(ctx, false) })
+	// Reservations: hear other nodes' (a block given back lets a spent
+	// team ask again), and run the refiller.
+	qcons, err := v.js.OrderedConsumer(ctx, bus.QuotaStream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{bus.QuotaSubjectPrefix + ">"},
+		DeliverPolicy:  jetstream.DeliverNewPolicy,
+	})
+	if err != nil {
+		return err
+	}
+	qcc, err := qcons.Consume(v.onQuota, jetstream.PullHeartbeat(bus.ConsumerHeartbeat))
+	if err != nil {
+		return err
+	}
+	v.stopWith(runCtx, qcc)
+	bus.Every(runCtx, &v.wg, quotaSweep, v.refillKick, v.runQuota)
+	bus.Every(runCtx, &v.wg, v.cfg.UsageFlush, nil, func(ctx context.Context) { v.flushUsage(ctx, false) })
 	bus.Every(runCtx, &v.wg, v.cfg.LastUsedFlush, nil, v.flushLastUsed)
 	return nil
 }
 
-// onUsage reads a counter value {"val":"N"} on telkeys.usage.<team>.<day>.
-func (v *Validator) onUsage(m jetstream.Msg) {
-	rest := strings.TrimPrefix(m.Subject(), bus.UsageSubjectPrefix)
+// counterAt reads a counter message on prefix + <team>.<yyyymmdd>: its
+// team, UTC day and value {"val":"N"}.
+func counterAt(m jetstream.Msg, prefix string) (team string, day, total int64, ok bool) {
+	rest := strings.TrimPrefix(m.Subject(), prefix)
 	i := strings.LastIndexByte(rest, '.')
 	if i < 0 {
-		return
+		return "", 0, 0, false
 	}
-	day, err := time.Parse("20060102", rest[i+1:])
+	d, err := time.Parse("20060102", rest[i+1:])
 	if err != nil {
-		return
+		return "", 0, 0, false
 	}
-	total, err := strconv.ParseInt(counterValue(m.Data()), 10, 64)
+	total, err = strconv.ParseInt(counterValue(m.Data()), 10, 64)
 	if err != nil {
+		return "", 0, 0, false
+	}
+	return rest[:i], dayOf(d), total, true
+}
+
+// onQuota hears a team's reservation counter.
+func (v *Validator) onQuota(m jetstream.Msg) {
+	if name, day, total, ok := counterAt(m, bus.QuotaSubjectPrefix); ok {
+		if t := v.st.knownTeam(name); t != nil {
+			t.quota.observe(day, total)
+		}
+	}
+}
+
+// onUsage hears a team's count of admitted requests.
+func (v *Validator) onUsage(m jetstream.Msg) {
+	team, day, total, ok := counterAt(m, bus.UsageSubjectPrefix)
+	if !ok {
 		return
 	}
-	v.st.team(rest[:i]).usage.observe(dayOf(v.cfg.Now()), dayOf(day), total)
+	v.st.team(team).usage.observe(dayOf(v.cfg.Now()), day, total)
 	if md, err := m.Metadata(); err == nil && md.NumPending == 0 {
 		v.usageLoaded.Do(func() { close(v.usageReady) })
 	}
@@ -313,6 +355,10 @@ func (c *usageCounter) done(req *flushReq, ack *jetstream.PubAck, err error) boo
 	if total, err := strconv.ParseInt(ack.Value, 10, 64); err == nil && total > c.global {
 		c.global = total
 	}
+	// A total reported while the flush was in flight counts once it has
+	// landed: any total after it includes it, and one before it is less
+	// than the acknowledged one (counts only grow).
+	c.global, c.seen = max(c.global, c.seen), 0
 	return true
 }
 

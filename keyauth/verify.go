@@ -1,6 +1,7 @@
 package keyauth
 
 import (
+	"context"
 	"time"
 
 	"github.com/telapi/telkeys/apikey"
@@ -15,6 +16,11 @@ import (
 // made are stored, and the lookup is exact, so a key with a bad checksum is
 // NOT_FOUND either way. Checking it first would cost a valid key, the
 // common case, two thirds of a SHA-256 to save a malformed one the lookup.
+//
+// A team's daily limit is kept by reservation (see quota.go): Verify admits
+// only from the block this node has reserved, and answers RATE_LIMITED with
+// Reserving set when it holds none right now but the limit is not known to
+// be reached. VerifyWait waits for the block.
 //
 // It does no I/O and no allocation, and is safe for concurrent use.
 //
@@ -52,12 +58,18 @@ func (v *Validator) Verify(key, scope string) Result {
 		r.Code = InsufficientScope
 		return r
 	}
-	n, ok := t.usage.charge(dayOf(now), cfg.limit)
-	r.RequestsToday = n
-	if !ok {
-		r.Code = RateLimited
-		return r
+	day := dayOf(now)
+	if cfg.limit >= 0 {
+		ok, refill := t.quota.take(day, cfg.limit)
+		if refill {
+			v.wantRefill(t)
+		}
+		if !ok {
+			r.Code, r.Reserving, r.RequestsToday = RateLimited, refill, t.usage.count(day)
+			return r
+		}
 	}
+	r.RequestsToday = t.usage.charge(day, cfg.limit >= 0)
 	if sec := now.Unix(); k.lastUsed.Load() != sec {
 		k.lastUsed.Store(sec)
 		v.st.markUsed(k)
@@ -70,9 +82,7 @@ func (v *Validator) Verify(key, scope string) Result {
 // knows them (every node's flushed counts plus its own unflushed ones) and
 // its daily limit (-1 if none).
 func (v *Validator) Usage(team string) (today, limit int64) {
-	v.st.teamsMu.RLock()
-	t := v.st.teams[team]
-	v.st.teamsMu.RUnlock()
+	t := v.st.knownTeam(team)
 	if t == nil {
 		return 0, -1
 	}
@@ -81,4 +91,33 @@ func (v *Validator) Usage(team string) (today, limit int64) {
 		limit = cfg.limit
 	}
 	return t.usage.count(dayOf(v.cfg.Now())), limit
+}
+
+// VerifyWait is Verify, but when the answer is RATE_LIMITED only because
+// this node holds no reservation for the team right now (Reserving), it
+// waits for one, up to a second or until ctx ends, and verifies again. It
+// does not wait while reservations fail (the bus is unreachable): the
+// answer is then RATE_LIMITED with Reserving set at once, and callers
+// should ask the client to retry in a second. HTTP gates call it; Verify
+// itself never waits.
+func (v *Validator) VerifyWait(ctx context.Context, key, scope string) Result {
+	done := v.refilled()
+	r := v.Verify(key, scope)
+	if r.Code != RateLimited || !r.Reserving || v.reserveFailing.Load() {
+		return r
+	}
+	timeout := time.NewTimer(quotaWait)
+	defer timeout.Stop()
+	for r.Code == RateLimited && r.Reserving && !v.reserveFailing.Load() {
+		select {
+		case <-done:
+		case <-timeout.C:
+			return r
+		case <-ctx.Done():
+			return r
+		}
+		done = v.refilled()
+		r = v.Verify(key, scope)
+	}
+	return r
 }

@@ -146,7 +146,7 @@ func Serve(ctx context.Context, c Config, log *slog.Logger) error {
 
 // Verifier is what the node needs of keyauth.
 type Verifier interface {
-	Verify(key, scope string) keyauth.Result
+	VerifyWait(ctx context.Context, key, scope string) keyauth.Result
 	Current() bool
 }
 
@@ -225,7 +225,7 @@ func gate(v Verifier, scope string) fiber.Handler {
 		// bound must not answer from the state it had before.
 		r := keyauth.Result{Code: keyauth.Unavailable}
 		if v.Current() {
-			r = v.Verify(key, scope)
+			r = v.VerifyWait(c.UserContext(), key, scope)
 		}
 		if r.Limit >= 0 && (r.Code == keyauth.Valid || r.Code == keyauth.RateLimited) {
 			reset := secondsToUTCMidnight(time.Now())
@@ -246,6 +246,10 @@ func gate(v Verifier, scope string) fiber.Handler {
 		case keyauth.WebRTCDisabled:
 			return writeProblem(c, 403, "webrtc_disabled", "the platform's WebRTC feature is turned off")
 		case keyauth.RateLimited:
+			if r.Reserving {
+				c.Set(fiber.HeaderRetryAfter, "1")
+				return writeProblem(c, 429, "rate_limited", "this node cannot reserve requests under the team's daily limit right now; retry in a second")
+			}
 			c.Set(fiber.HeaderRetryAfter, strconv.FormatInt(secondsToUTCMidnight(time.Now()), 10))
 			return writeProblem(c, 429, "rate_limited", "the team's daily request limit is reached; it resets at 00:00 UTC")
 		default:

@@ -123,6 +123,8 @@ func refusedToAll() []probe {
 		{name: "ack for the projector", subject: "$JS.ACK." + projector + ".1.1.1.1.1"},
 		{name: "list the consumers", subject: "$JS.API.CONSUMER.NAMES." + bus.EventStream},
 		{name: "delete the usage counters", subject: "$JS.API.STREAM.DELETE." + bus.UsageStream},
+		{name: "purge the reservations", subject: "$JS.API.STREAM.PURGE." + bus.QuotaStream},
+		{name: "delete a reservation counter", subject: "$JS.API.STREAM.MSG.DELETE." + bus.QuotaStream, data: `{"seq":1}`},
 		{name: "subscribe to everything", subject: ">", sub: true},
 		{name: "subscribe to others' replies", subject: "_INBOX.>", sub: true},
 	}
@@ -132,6 +134,7 @@ func refusedToAll() []probe {
 func refusedToAuditors() []probe {
 	return []probe{
 		{name: "publish usage", subject: bus.UsageSubject("acme", time.Now()), data: ""},
+		{name: "reserve under a daily limit", subject: bus.QuotaSubject("acme", time.Now()), data: ""},
 		{name: "publish a last-used time", subject: bus.LastUsedSubject("acme", "key_x"), data: "1"},
 		{name: "hear heartbeats", subject: bus.HeartbeatSubject, sub: true},
 	}
@@ -227,6 +230,14 @@ func nodeMay(t *testing.T, ctx context.Context, c *roleConn) {
 	}
 	if _, err := h.Usage.GetLastMsgForSubject(ctx, bus.UsageSubject("acme", time.Now())); err != nil {
 		t.Fatalf("read a usage counter: %v", err)
+	}
+	msg = nats.NewMsg(bus.QuotaSubject("acme", time.Now()))
+	msg.Header.Set("Nats-Incr", "+5")
+	if _, err := js.PublishMsg(ctx, msg); err != nil {
+		t.Fatalf("reserve under a daily limit: %v", err)
+	}
+	if _, err := h.Quota.GetLastMsgForSubject(ctx, bus.QuotaSubject("acme", time.Now())); err != nil {
+		t.Fatalf("read a reservation counter: %v", err)
 	}
 	if _, err := js.Publish(ctx, bus.LastUsedSubject("acme", "key_x"), []byte("1")); err != nil {
 		t.Fatalf("publish a last-used time: %v", err)
