@@ -33,7 +33,7 @@ import (
 
 // Scenarios are the scenarios of telkeys bench, in the order of the report.
 func Scenarios() []string {
-	return []string{"verify-local", "verify-http", "node-gate", "revoke", "create", "replay", "startup"}
+	return []string{"verify-local", "verify-http", "node-gate", "revoke", "quota", "create", "replay", "startup"}
 }
 
 // Config is every setting of telkeys bench.
@@ -119,6 +119,11 @@ history), stores --keys keys in teams of 1000, and runs:
                 the other half with 3 telapi-node processes (beside telkeys, as
                 make build leaves them): DELETE latency behind the revocation
                 barrier, and every node asked at once after each 204
+  quota         a daily limit of 2000 across 3 telapi-node processes: a burst
+                (each node offered 5x the limit at once; admitted must be
+                1980-2000), then a steady load at 80% of the limit spread over
+                --duration (429s below the limit) and its request p99, vs the
+                same load on a team without a limit
   create        POST /v1/teams/{team}/api-keys, 16 clients, vs raw JetStream
                 publishes (same fsync, expected-sequence header, 16 publishers)
   replay        audit verify and audit state of the whole history, vs a raw
@@ -214,7 +219,10 @@ type bench struct {
 	nc       *nats.Conn // the bench's own client connection
 	js       jetstream.JetStream
 	nodes    []*benchNode // keyauth validators on their own connections
-	figures  []Figure
+	// procs are telapi-node processes (nodeProcesses); stopProcs stops them.
+	procs     []*nodeProcess
+	stopProcs func()
+	figures   []Figure
 }
 
 func (b *bench) run(ctx context.Context) error {
@@ -246,6 +254,7 @@ func (b *bench) run(ctx context.Context) error {
 		{"verify-http", b.verifyHTTP},
 		{"node-gate", b.nodeGate},
 		{"revoke", b.revoke},
+		{"quota", b.quota},
 		{"create", b.create},
 	}
 	for _, s := range steps {
@@ -318,6 +327,9 @@ func (b *bench) dial(url string, role bus.Role, name string) (*nats.Conn, error)
 
 func (b *bench) close() {
 	b.stopNodes()
+	if b.stopProcs != nil {
+		b.stopProcs()
+	}
 	if b.nc != nil {
 		b.nc.Close()
 	}

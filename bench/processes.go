@@ -16,13 +16,30 @@ import (
 	"sync"
 	"time"
 
+	"github.com/valyala/fasthttp"
+
 	"github.com/telapi/telkeys/auth"
 )
 
 // nodeProcess is a telapi-node running as a process of its own.
 type nodeProcess struct {
-	cmd  *exec.Cmd
-	base string
+	cmd    *exec.Cmd
+	base   string
+	client fasthttp.Client
+}
+
+// nodeProcesses returns the bench's three telapi-node processes, started
+// on first use (revoke and quota share them) and stopped by close.
+func (b *bench) nodeProcesses(ctx context.Context) ([]*nodeProcess, error) {
+	if b.procs == nil {
+		b.progress.printf("starting 3 telapi-node processes")
+		nodes, stop, err := b.startNodeProcesses(ctx, 3)
+		if err != nil {
+			return nil, err
+		}
+		b.procs, b.stopProcs = nodes, stop
+	}
+	return b.procs, nil
 }
 
 // startNodeProcesses starts n telapi-node processes (the binary beside
@@ -115,7 +132,7 @@ func (b *bench) startNodeProcesses(ctx context.Context, n int) ([]*nodeProcess, 
 	return nodes, stop, nil
 }
 
-// settle waits, at most 60 s, until the processes used less than 2 % of a
+// settle waits, at most 60 s, until the processes used less than 5 % of a
 // core over the last second together.
 func settle(ctx context.Context, nodes []*nodeProcess) {
 	cpu := func() (total time.Duration) {
@@ -140,7 +157,7 @@ func settle(ctx context.Context, nodes []*nodeProcess) {
 	for deadline := time.Now().Add(60 * time.Second); last >= 0 && time.Now().Before(deadline) && ctx.Err() == nil; {
 		<-time.After(time.Second) // one second of CPU time, sampled
 		now := cpu()
-		if now-last < 20*time.Millisecond {
+		if now-last < 50*time.Millisecond {
 			return
 		}
 		last = now
@@ -151,12 +168,10 @@ func settle(ctx context.Context, nodes []*nodeProcess) {
 // serve, and after each 204 asks every node at once whether it still
 // accepts the key: the revocation barrier's promise is that none does.
 func (b *bench) revokeAcrossProcesses(ctx context.Context, keys []storedKey) error {
-	b.progress.printf("revoke: starting 3 telapi-node processes")
-	nodes, stop, err := b.startNodeProcesses(ctx, 3)
+	nodes, err := b.nodeProcesses(ctx)
 	if err != nil {
 		return err
 	}
-	defer stop()
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
 	defer client.CloseIdleConnections()
 	apps := func(p *nodeProcess, key string) (int, error) {

@@ -207,11 +207,12 @@ type Validator struct {
 
 	// The refiller's queue of teams that need a reservation (quota.go);
 	// refillDone is closed after each round.
-	refillMu   sync.Mutex
-	refillQ    []*team
-	refillKick chan struct{}
-	refillDone chan struct{}
-	lastSweep  time.Time // the refiller's only
+	refillMu    sync.Mutex
+	refillQ     []*team
+	refillSpare []*team
+	refillKick  chan struct{}
+	refillDone  chan struct{}
+	lastSweep   time.Time // the refiller's only
 	// reserveFailing is set while reservations fail.
 	reserveFailing atomic.Bool
 
@@ -246,7 +247,8 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Validator, error) {
 		return nil, err
 	}
 	v := &Validator{cfg: cfg, nc: nc, js: js, h: h, usageReady: make(chan struct{}),
-		refillKick: make(chan struct{}, 1), refillDone: make(chan struct{})}
+		refillKick: make(chan struct{}, 1), refillDone: make(chan struct{}),
+		refillQ: make([]*team, 0, 64), refillSpare: make([]*team, 0, 64)}
 	v.st.init(cfg.Keys)
 	v.lastHeard.Store(cfg.Now().UnixNano())
 	v.clock.Store(cfg.Now().UnixNano())

@@ -132,9 +132,15 @@ func (v *Validator) refilled() <-chan struct{} {
 // quotaSweep gives back idle or outdated blocks and retries what failed.
 func (v *Validator) runQuota(ctx context.Context) {
 	v.refillMu.Lock()
+	// Two buffers in turn: queueing a team (in Verify) never allocates.
 	teams := v.refillQ
-	v.refillQ = nil
+	v.refillQ, v.refillSpare = v.refillSpare[:0], nil
 	v.refillMu.Unlock()
+	defer func() {
+		v.refillMu.Lock()
+		v.refillSpare = teams[:0]
+		v.refillMu.Unlock()
+	}()
 	now := v.cfg.Now()
 	if now.Sub(v.lastSweep) >= quotaSweep {
 		v.lastSweep = now
