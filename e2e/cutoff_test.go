@@ -228,3 +228,43 @@ func TestReconnectNeverAnswersFromStaleState(t *testing.T) {
 		}
 	}
 }
+
+// TestLimitedTeamOnANodeCutOff: a node cut off from NATS serves a limited
+// team from the block it has reserved, then answers 429 with Retry-After:
+// 1 (the key is fine; the node cannot reserve), and admits again once it
+// can reserve.
+func TestLimitedTeamOnANodeCutOff(t *testing.T) {
+	s := startService(t)
+	proxy := cutOffNATS(t, s)
+	addr := startNodeInProcess(t, node.Config{NATSURL: "nats://" + proxy.Addr, NATSCreds: s.credsFor(bus.RoleNode),
+		EventsPublicKey: eventsKeyFile(t, s.cfg.DataDir), HTTPAddr: "127.0.0.1:0", MaxStaleness: 10 * time.Second, Name: "capped-node"})
+	n := newNodeAPI(t, "capped-node", addr)
+	limit := int64(10_000)
+	s.configureTeam("capped", true, 10, &limit)
+	key := s.createKey("capped", "k")["key"].(string)
+	pollNode(t, 10*time.Second, "node accepts the new key", func() (response, error) { return n.apps(key) }, "200", "401 invalid_api_key")
+
+	proxy.Cut()
+	admitted := 0
+	for {
+		r, err := n.apps(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.status == 200 {
+			admitted++
+			if admitted > int(limit)/16 {
+				t.Fatalf("admitted %d without the bus: more than a block", admitted)
+			}
+			continue
+		}
+		expectProblem(t, r, 429, "rate_limited")
+		if ra := r.header.Get("Retry-After"); ra != "1" {
+			t.Fatalf("429 while cut off: Retry-After %q, want 1", ra)
+		}
+		break
+	}
+	t.Logf("cut off: %d admitted from the node's block, then 429 with Retry-After: 1", admitted)
+	proxy.Restore(t)
+	pollNode(t, 15*time.Second, "admitted again once the node can reserve", func() (response, error) { return n.apps(key) }, "200", "429 rate_limited")
+}
