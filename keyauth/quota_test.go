@@ -15,10 +15,16 @@ import (
 )
 
 // offer has every node answer requests for key, two at a time each, the
-// way an HTTP gate does (VerifyWait), until stop returns true; it returns
-// how many each node admitted.
+// way an HTTP gate does (VerifyWait), until stop returns true (called by
+// one goroutine at a time); it returns how many each node admitted.
 func offer(nodes []*keyauth.Validator, key string, stop func(admitted int64) bool) []int64 {
 	var total atomic.Int64
+	var mu sync.Mutex
+	halt := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return stop(total.Load())
+	}
 	per := make([]atomic.Int64, len(nodes))
 	var wg sync.WaitGroup
 	for i, v := range nodes {
@@ -26,7 +32,7 @@ func offer(nodes []*keyauth.Validator, key string, stop func(admitted int64) boo
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for !stop(total.Load()) {
+				for !halt() {
 					if v.VerifyWait(context.Background(), key, apps).Valid() {
 						per[i].Add(1)
 						total.Add(1)
