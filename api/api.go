@@ -28,6 +28,7 @@ import (
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/barrier"
 	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/domain"
 	"github.com/telapi/telkeys/events"
 	"github.com/telapi/telkeys/keyauth"
 	"github.com/telapi/telkeys/projections"
@@ -48,8 +49,11 @@ var uiFiles embed.FS
 type Commands interface {
 	ConfigureTeamAccess(ctx context.Context, actor events.Actor, team string, cfg events.AccessConfig) (events.AccessConfig, commands.Result, error)
 	SetPlatformFlag(ctx context.Context, actor events.Actor, flag string, enabled bool) (commands.Result, error)
-	CreateKey(ctx context.Context, actor events.Actor, team, name string, scopes []string) (commands.CreatedKey, error)
+	CreateKeyUntil(ctx context.Context, actor events.Actor, team, name string, scopes []string, expiresAt *time.Time) (commands.CreatedKey, error)
 	DeleteKey(ctx context.Context, actor events.Actor, team, keyID string, requireEnabled bool) (commands.Result, error)
+	RollKey(ctx context.Context, actor events.Actor, team, keyID string, grace time.Duration) (commands.CreatedKey, error)
+	UpdateKey(ctx context.Context, actor events.Actor, team, keyID string, enabled *bool, name *string, requireEnabled bool) (domain.Key, commands.Result, error)
+	ReportLeak(ctx context.Context, actor events.Actor, team, keyID string, hash []byte, l commands.Leak) (commands.Result, error)
 }
 
 // Queries is what the API asks of the read side.
@@ -86,6 +90,7 @@ type Verifier interface {
 	VerifyWait(ctx context.Context, key, scope string) keyauth.Result
 	Usage(team string) (today, limit int64)
 	WaitApplied(ctx context.Context, seq uint64) error
+	Owner(key string) (team, keyID string, ok bool)
 }
 
 // Config wires the API.
@@ -105,6 +110,11 @@ type Config struct {
 	Log      *slog.Logger
 	// Now is the clock for requests_today and similar; tests inject theirs.
 	Now func() time.Time
+	// LeakKeys verify GitHub secret scanning's leak reports (POST
+	// /v1/leaks/github); none: the route answers 404. LeakAction is what a
+	// report of a live key does: LeakRevoke (default) or LeakFlag.
+	LeakKeys   LeakKeys
+	LeakAction LeakAction
 	// DevLogin lets anyone get a token for any role from GET /v1/dev/token.
 	// For local development only.
 	DevLogin bool
@@ -156,6 +166,11 @@ func New(cfg Config) (*Server, error) {
 		JSONEncoder: jsonMarshal,
 		// Errors raised before routing (body too large, bad request line).
 		ErrorHandler: func(c *fiber.Ctx, err error) error {
+			// GitHub's partner contract wants a 400 for a body over 1 MiB.
+			var fe *fiber.Error
+			if errors.As(err, &fe) && fe.Code == fiber.StatusRequestEntityTooLarge && c.Path() == "/v1/leaks/github" {
+				err = badRequest("the report is over 1 MiB")
+			}
 			writeProblem(c, err)
 			return nil
 		},
@@ -173,6 +188,9 @@ func New(cfg Config) (*Server, error) {
 	// Public /v1 routes come before the group that authenticates the rest.
 	s.app.Get("/v1/ui-config", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"dev_login": cfg.DevLogin}) })
 	s.app.Get("/v1/dev/token", s.devToken)
+	// Leak reports carry a signature, not a bearer token: routed before
+	// the group that requires one.
+	s.app.Post("/v1/leaks/github", s.reportLeaks)
 	v1 := s.app.Group("/v1", s.authenticate)
 	v1.Get("/platform/flags", s.getFlags)
 	v1.Put("/platform/flags/webrtc", s.putWebRTC)
@@ -182,6 +200,8 @@ func New(cfg Config) (*Server, error) {
 	v1.Get("/teams/:team/api-keys", s.listKeys)
 	v1.Post("/teams/:team/api-keys", s.createKey)
 	v1.Delete("/teams/:team/api-keys/:id", s.deleteKey)
+	v1.Patch("/teams/:team/api-keys/:id", s.patchKey)
+	v1.Post("/teams/:team/api-keys/:id/roll", s.rollKey)
 	v1.Post("/keys/verify", s.verify)
 	v1.Get("/audit/events", s.auditEvents)
 	v1.Get("/audit/quarantine", s.auditQuarantine)

@@ -35,6 +35,23 @@ type (
 		CreatedAt  string   `json:"created_at"`
 		LastUsedAt *string  `json:"last_used_at"`
 		Masked     string   `json:"masked"`
+		// The lifecycle: expiry (null: never), whether it has passed,
+		// enabled, the roll that made or replaced the key, a leak report.
+		ExpiresAt  *string   `json:"expires_at"`
+		Expired    bool      `json:"expired"`
+		Enabled    bool      `json:"enabled"`
+		Replaces   *string   `json:"replaces,omitempty"`
+		ReplacedBy *string   `json:"replaced_by,omitempty"`
+		Leak       *leakJSON `json:"leak,omitempty"`
+	}
+	leakJSON struct {
+		KeyID    string `json:"key_id"`
+		Name     string `json:"name"`
+		URL      string `json:"url"`
+		Source   string `json:"source"`
+		Reporter string `json:"reporter"`
+		Revoked  bool   `json:"revoked"`
+		At       string `json:"at"`
 	}
 	createdKeyJSON struct {
 		keyJSON
@@ -74,8 +91,16 @@ type (
 		MaxRequestsPerDay *int64    `json:"max_requests_per_day"`
 	}
 	createKeyBody struct {
-		Name   *string   `json:"name"`
-		Scopes *[]string `json:"scopes"`
+		Name      *string   `json:"name"`
+		Scopes    *[]string `json:"scopes"`
+		ExpiresAt *string   `json:"expires_at"`
+	}
+	rollKeyBody struct {
+		GraceSeconds *int64 `json:"grace_seconds"`
+	}
+	patchKeyBody struct {
+		Enabled *bool   `json:"enabled"`
+		Name    *string `json:"name"`
 	}
 	putFlagBody struct {
 		Enabled *bool `json:"enabled"`
@@ -257,11 +282,17 @@ func (s *Server) listKeys(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	now := s.cfg.Now()
 	out := make([]keyJSON, 0, len(keys))
+	counted := 0
 	for _, k := range keys {
-		kj := keyJSON{
+		dk := domain.Key{ExpiresAt: k.ExpiresAt, Disabled: k.Disabled, Replaces: k.Replaces, ReplacedBy: k.ReplacedBy, Leak: k.Leak}
+		kj := lifecycle(keyJSON{
 			ID: k.ID, Name: k.Name, Scopes: domain.EffectiveScopes(k.Scopes, rec.AllowedScopes),
 			CreatedAt: formatTime(k.CreatedAt), Masked: apikey.Mask(k.Last4),
+		}, dk, now)
+		if !dk.Expired(now) && k.ReplacedBy == "" {
+			counted++
 		}
 		if sec, ok := lastUsed[k.ID]; ok {
 			// Nodes keep the second of the last use: a key used in the
@@ -277,10 +308,52 @@ func (s *Server) listKeys(c *fiber.Ctx) error {
 		out = append(out, kj)
 	}
 	today, _ := s.cfg.Verifier.Usage(team)
-	return c.JSON(fiber.Map{"keys": out, "stats": statsJSON{
-		Keys: len(keys), MaxKeys: rec.MaxKeys, RequestsToday: today, MaxRequestsPerDay: rec.MaxRequestsPerDay,
+	leaks := make([]leakJSON, 0, len(rec.Leaks))
+	for _, l := range rec.Leaks {
+		leaks = append(leaks, leakOf(l))
+	}
+	// keys counts what counts against max_keys: not expired, and of a key
+	// rolled with a grace period only the new one.
+	return c.JSON(fiber.Map{"keys": out, "leaks": leaks, "stats": statsJSON{
+		Keys: counted, MaxKeys: rec.MaxKeys, RequestsToday: today, MaxRequestsPerDay: rec.MaxRequestsPerDay,
 		AvailableScopes: accessJSON(rec.AccessConfig).AllowedScopes,
 	}})
+}
+
+// lifecycle adds k's expiry, state, roll and leak to j.
+func lifecycle(j keyJSON, k domain.Key, now time.Time) keyJSON {
+	if k.ExpiresAt != nil {
+		t := formatTime(*k.ExpiresAt)
+		j.ExpiresAt, j.Expired = &t, k.Expired(now)
+	}
+	j.Enabled = !k.Disabled
+	if k.Replaces != "" {
+		j.Replaces = &k.Replaces
+	}
+	if k.ReplacedBy != "" {
+		j.ReplacedBy = &k.ReplacedBy
+	}
+	if k.Leak != nil {
+		l := leakOf(*k.Leak)
+		j.Leak = &l
+	}
+	return j
+}
+
+func leakOf(l domain.Leak) leakJSON {
+	return leakJSON{KeyID: l.KeyID, Name: l.Name, URL: l.URL, Source: l.Source, Reporter: l.Reporter, Revoked: l.Revoked, At: formatTime(l.At)}
+}
+
+// createdJSON is the answer to a create or a roll: the key, with its
+// secret, shown this once.
+func (s *Server) createdJSON(k commands.CreatedKey) createdKeyJSON {
+	return createdKeyJSON{
+		keyJSON: lifecycle(keyJSON{
+			ID: k.Key.ID, Name: k.Key.Name, Scopes: k.Key.Scopes,
+			CreatedAt: formatTime(k.Key.CreatedAt), Masked: apikey.Mask(k.Key.Last4),
+		}, k.Key, s.cfg.Now()),
+		Key: k.Plaintext,
+	}
 }
 
 func (s *Server) createKey(c *fiber.Ctx) error {
@@ -299,19 +372,91 @@ func (s *Server) createKey(c *fiber.Ctx) error {
 	if body.Name == nil || body.Scopes == nil {
 		return badRequest("name and scopes are required")
 	}
-	k, err := s.cfg.Commands.CreateKey(c.UserContext(), actor(cl), team, *body.Name, *body.Scopes)
+	var expiresAt *time.Time
+	if body.ExpiresAt != nil {
+		t, err := time.Parse(time.RFC3339Nano, *body.ExpiresAt)
+		if err != nil {
+			return badRequest("expires_at must be an RFC 3339 time, such as 2027-01-31T00:00:00Z")
+		}
+		expiresAt = &t
+	}
+	k, err := s.cfg.Commands.CreateKeyUntil(c.UserContext(), actor(cl), team, *body.Name, *body.Scopes, expiresAt)
 	if err != nil {
 		return err
 	}
 	s.readYourWrites(c, k.Result)
 	c.Set(fiber.HeaderCacheControl, "no-store")
-	return c.Status(fiber.StatusCreated).JSON(createdKeyJSON{
-		keyJSON: keyJSON{
-			ID: k.Key.ID, Name: k.Key.Name, Scopes: k.Key.Scopes,
-			CreatedAt: formatTime(k.Key.CreatedAt), Masked: apikey.Mask(k.Key.Last4),
-		},
-		Key: k.Plaintext,
-	})
+	return c.Status(fiber.StatusCreated).JSON(s.createdJSON(k))
+}
+
+// rollKey replaces a key with a new one; the old one keeps working for
+// grace_seconds.
+func (s *Server) rollKey(c *fiber.Ctx) error {
+	team, err := teamParam(c)
+	if err != nil {
+		return err
+	}
+	cl, err := allowTeam(c, team, true, auth.RoleSuperadmin)
+	if err != nil {
+		return err
+	}
+	id := c.Params("id")
+	if !commands.ValidKeyID(id) {
+		return badRequest("key id must be key_ followed by a ULID")
+	}
+	var body rollKeyBody
+	if err := decodeBody(c, &body); err != nil {
+		return err
+	}
+	if body.GraceSeconds == nil {
+		return badRequest("grace_seconds is required (0 stops the old key at once)")
+	}
+	if g := *body.GraceSeconds; g < 0 || g > int64(commands.MaxGrace/time.Second) {
+		return badRequest("grace_seconds must be between 0 and 2592000 (30 days)")
+	}
+	k, err := s.cfg.Commands.RollKey(c.UserContext(), actor(cl), team, id, time.Duration(*body.GraceSeconds)*time.Second)
+	if err != nil {
+		return err
+	}
+	s.readYourWrites(c, k.Result)
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.Status(fiber.StatusCreated).JSON(s.createdJSON(k))
+}
+
+// patchKey disables or enables a key, or renames it.
+func (s *Server) patchKey(c *fiber.Ctx) error {
+	team, err := teamParam(c)
+	if err != nil {
+		return err
+	}
+	cl, err := allowTeam(c, team, true, auth.RoleSuperadmin)
+	if err != nil {
+		return err
+	}
+	id := c.Params("id")
+	if !commands.ValidKeyID(id) {
+		return badRequest("key id must be key_ followed by a ULID")
+	}
+	var body patchKeyBody
+	if err := decodeBody(c, &body); err != nil {
+		return err
+	}
+	if body.Enabled == nil && body.Name == nil {
+		return badRequest("give enabled, name or both")
+	}
+	k, res, err := s.cfg.Commands.UpdateKey(c.UserContext(), actor(cl), team, id, body.Enabled, body.Name, cl.Role == auth.RoleMember)
+	if err != nil {
+		return err
+	}
+	s.readYourWrites(c, res)
+	rec, err := s.cfg.Queries.Team(c.UserContext(), team)
+	if err != nil {
+		return err
+	}
+	return c.JSON(lifecycle(keyJSON{
+		ID: k.ID, Name: k.Name, Scopes: domain.EffectiveScopes(k.Scopes, rec.AllowedScopes),
+		CreatedAt: formatTime(k.CreatedAt), Masked: apikey.Mask(k.Last4),
+	}, k, s.cfg.Now()))
 }
 
 func (s *Server) deleteKey(c *fiber.Ctx) error {
@@ -416,10 +561,11 @@ func (s *Server) auditEvents(c *fiber.Ctx) error {
 	}
 	if t := c.Query("type"); t != "" {
 		switch events.Type(t) {
-		case events.TypePlatformFlagSet, events.TypeTeamAccessConfigured, events.TypeKeyCreated, events.TypeKeyDeleted:
+		case events.TypePlatformFlagSet, events.TypeTeamAccessConfigured, events.TypeKeyCreated, events.TypeKeyDeleted,
+			events.TypeKeyRolled, events.TypeKeyUpdated, events.TypeKeyLeaked:
 			f.Type = events.Type(t)
 		default:
-			return badRequest("type must be PlatformFlagSet, TeamAccessConfigured, KeyCreated or KeyDeleted")
+			return badRequest("type must be one of PlatformFlagSet, TeamAccessConfigured, KeyCreated, KeyDeleted, KeyRolled, KeyUpdated, KeyLeaked")
 		}
 	}
 	var err error

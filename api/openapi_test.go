@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/barrier"
 	"github.com/telapi/telkeys/commands"
+	"github.com/telapi/telkeys/domain"
 	"github.com/telapi/telkeys/events"
 	"github.com/telapi/telkeys/keyauth"
 	"github.com/telapi/telkeys/projections"
@@ -35,7 +37,19 @@ func (stubCommands) SetPlatformFlag(context.Context, events.Actor, string, bool)
 	panic("stub: SetPlatformFlag called")
 }
 
-func (stubCommands) CreateKey(context.Context, events.Actor, string, string, []string) (commands.CreatedKey, error) {
+func (stubCommands) RollKey(context.Context, events.Actor, string, string, time.Duration) (commands.CreatedKey, error) {
+	panic("stub: RollKey called")
+}
+
+func (stubCommands) UpdateKey(context.Context, events.Actor, string, string, *bool, *string, bool) (domain.Key, commands.Result, error) {
+	panic("stub: UpdateKey called")
+}
+
+func (stubCommands) ReportLeak(context.Context, events.Actor, string, string, []byte, commands.Leak) (commands.Result, error) {
+	panic("stub: ReportLeak called")
+}
+
+func (stubCommands) CreateKeyUntil(context.Context, events.Actor, string, string, []string, *time.Time) (commands.CreatedKey, error) {
 	panic("stub: CreateKey called")
 }
 
@@ -72,6 +86,7 @@ func (stubVerifier) VerifyWait(context.Context, string, string) keyauth.Result {
 	panic("stub: VerifyWait called")
 }
 func (stubVerifier) Usage(string) (int64, int64)               { panic("stub: Usage called") }
+func (stubVerifier) Owner(string) (string, string, bool)       { panic("stub: Owner called") }
 func (stubVerifier) WaitApplied(context.Context, uint64) error { panic("stub: WaitApplied called") }
 func (stubVerifier) Applied() uint64                           { panic("stub: Applied called") }
 

@@ -52,6 +52,14 @@ func problemFor(err error) problem.Problem {
 		return p(404, "not_found", err.Error())
 	case errors.Is(err, domain.ErrMaxKeysReached):
 		return p(409, "max_keys_reached", err.Error())
+	case errors.Is(err, domain.ErrAlreadyRolled):
+		return p(409, "key_already_rolled", err.Error())
+	case errors.Is(err, domain.ErrKeyExpired):
+		return p(409, "key_expired", err.Error())
+	case errors.Is(err, commands.ErrExpiry):
+		return p(422, "invalid_expires_at", err.Error())
+	case errors.Is(err, errLeakSignature):
+		return p(401, "bad_signature", err.Error())
 	case errors.As(err, &se):
 		return p(422, "scope_not_allowed", se.Error())
 	case errors.Is(err, commands.ErrBusy):

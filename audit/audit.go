@@ -225,11 +225,33 @@ func ViewOf(e Event) View {
 	case events.TeamAccessConfigured:
 		v.Payload = map[string]any{"enabled": p.Enabled, "allowed_scopes": nonNil(p.AllowedScopes), "max_keys": p.MaxKeys, "max_requests_per_day": p.MaxRequestsPerDay}
 	case events.KeyCreated:
-		v.Payload = map[string]any{"key_id": p.KeyID, "name": p.Name, "scopes": nonNil(p.Scopes), "hash": hex.EncodeToString(p.Hash), "last4": p.Last4}
+		v.Payload = createdPayload(p)
+	case events.KeyRolled:
+		v.Payload = createdPayload(p.KeyCreated)
+		v.Payload["replaces"], v.Payload["replaced_hash"] = p.Replaces, hex.EncodeToString(p.ReplacedHash)
+		v.Payload["grace_until"] = p.GraceUntil.UTC().Format(time.RFC3339Nano)
+	case events.KeyUpdated:
+		v.Payload = map[string]any{"key_id": p.KeyID, "hash": hex.EncodeToString(p.Hash)}
+		if p.Enabled != nil {
+			v.Payload["enabled"] = *p.Enabled
+		}
+		if p.Name != nil {
+			v.Payload["name"] = *p.Name
+		}
+	case events.KeyLeaked:
+		v.Payload = map[string]any{"key_id": p.KeyID, "hash": hex.EncodeToString(p.Hash), "url": p.URL, "source": p.Source, "reporter": p.Reporter, "revoked": p.Revoked}
 	case events.KeyDeleted:
 		v.Payload = map[string]any{"key_id": p.KeyID, "hash": hex.EncodeToString(p.Hash)}
 	}
 	return v
+}
+
+func createdPayload(p events.KeyCreated) map[string]any {
+	m := map[string]any{"key_id": p.KeyID, "name": p.Name, "scopes": nonNil(p.Scopes), "hash": hex.EncodeToString(p.Hash), "last4": p.Last4}
+	if p.ExpiresAt != nil {
+		m["expires_at"] = p.ExpiresAt.UTC().Format(time.RFC3339Nano)
+	}
+	return m
 }
 
 func nonNil(s []string) []string {

@@ -28,12 +28,15 @@ type TeamState struct {
 	Keys []KeyState `json:"keys"`
 }
 
-// KeyState is a key active at that moment.
+// KeyState is a key that existed at that moment (it may have expired, or
+// been disabled).
 type KeyState struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Scopes    []string  `json:"scopes"`
-	CreatedAt time.Time `json:"created_at"`
+	ID        string     `json:"id"`
+	Name      string     `json:"name"`
+	Scopes    []string   `json:"scopes"`
+	CreatedAt time.Time  `json:"created_at"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	Disabled  bool       `json:"disabled,omitempty"`
 }
 
 // StateAt replays the valid events (checked with keys) stored up to at
@@ -75,7 +78,7 @@ func StateAt(ctx context.Context, js jetstream.JetStream, keys *events.Keys, str
 		ts := TeamState{Team: name, AccessConfig: t.Config, Keys: []KeyState{}}
 		ts.AllowedScopes = nonNil(ts.AllowedScopes)
 		for _, k := range t.Keys {
-			ts.Keys = append(ts.Keys, KeyState{ID: k.ID, Name: k.Name, Scopes: nonNil(k.Scopes), CreatedAt: k.CreatedAt})
+			ts.Keys = append(ts.Keys, KeyState{ID: k.ID, Name: k.Name, Scopes: nonNil(k.Scopes), CreatedAt: k.CreatedAt, ExpiresAt: k.ExpiresAt, Disabled: k.Disabled})
 		}
 		slices.SortFunc(ts.Keys, func(a, b KeyState) int { return a.CreatedAt.Compare(b.CreatedAt) })
 		st.Teams = append(st.Teams, ts)

@@ -12,6 +12,8 @@ var (
 	ErrInvalid = errors.New("invalid request")
 	// ErrBusy: optimistic concurrency kept failing; the caller may retry.
 	ErrBusy = errors.New("too much concurrent change on this team, retry")
+	// ErrExpiry: a key's expires_at is not in the future, or too far.
+	ErrExpiry = errors.New("expires_at must be in the future and at most one year ahead")
 )
 
 // ValidationError says which field is wrong and why. Its text never

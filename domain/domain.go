@@ -20,7 +20,8 @@ import (
 	"github.com/telapi/telkeys/events"
 )
 
-// Key is an active key: created and not deleted.
+// Key is a key that exists: created, and not deleted or revoked as
+// leaked. It may have expired, or be disabled.
 type Key struct {
 	ID        string    `msgpack:"id"`
 	Name      string    `msgpack:"name"`
@@ -28,10 +29,33 @@ type Key struct {
 	Hash      []byte    `msgpack:"hash"`
 	Last4     string    `msgpack:"last4"`
 	CreatedAt time.Time `msgpack:"created_at"`
+	// ExpiresAt is when the key stops working; nil: never.
+	ExpiresAt *time.Time `msgpack:"expires_at,omitempty"`
+	Disabled  bool       `msgpack:"disabled,omitempty"`
+	// Replaces is the key this one was rolled from; ReplacedBy the key it
+	// was rolled to (it then expires at the end of the grace period).
+	Replaces   string `msgpack:"replaces,omitempty"`
+	ReplacedBy string `msgpack:"replaced_by,omitempty"`
+	// Leak is set when the key was reported leaked but not revoked.
+	Leak *Leak `msgpack:"leak,omitempty"`
+}
+
+// Expired reports whether k has stopped working by now.
+func (k Key) Expired(now time.Time) bool { return k.ExpiresAt != nil && !now.Before(*k.ExpiresAt) }
+
+// Leak is a report that a key was exposed.
+type Leak struct {
+	KeyID    string    `msgpack:"key_id" json:"key_id"`
+	Name     string    `msgpack:"name" json:"name"`
+	URL      string    `msgpack:"url" json:"url"`
+	Source   string    `msgpack:"source" json:"source"`
+	Reporter string    `msgpack:"reporter" json:"reporter"`
+	Revoked  bool      `msgpack:"revoked" json:"revoked"`
+	At       time.Time `msgpack:"at" json:"at"`
 }
 
 // Team is the state of a team aggregate: its API access configuration and
-// its active keys. Its msgpack form is the commands' snapshot of it.
+// its keys. Its msgpack form is the commands' snapshot of it.
 type Team struct {
 	Configured bool                `msgpack:"configured"`
 	Config     events.AccessConfig `msgpack:"config"`
@@ -49,10 +73,60 @@ func (t *Team) Apply(e events.Envelope, p events.Payload) {
 		t.Configured = true
 		t.Config = p.AccessConfig
 	case events.KeyCreated:
-		t.Keys[p.KeyID] = Key{ID: p.KeyID, Name: p.Name, Scopes: p.Scopes, Hash: p.Hash, Last4: p.Last4, CreatedAt: e.Time}
+		t.Keys[p.KeyID] = newKey(p, e.Time)
+	case events.KeyRolled:
+		k := newKey(p.KeyCreated, e.Time)
+		k.Replaces = p.Replaces
+		t.Keys[p.KeyID] = k
+		if old, ok := t.Keys[p.Replaces]; ok {
+			old.ReplacedBy = p.KeyID
+			if old.ExpiresAt == nil || p.GraceUntil.Before(*old.ExpiresAt) {
+				until := p.GraceUntil
+				old.ExpiresAt = &until
+			}
+			t.Keys[p.Replaces] = old
+		}
+	case events.KeyUpdated:
+		if k, ok := t.Keys[p.KeyID]; ok {
+			if p.Enabled != nil {
+				k.Disabled = !*p.Enabled
+			}
+			if p.Name != nil {
+				k.Name = *p.Name
+			}
+			t.Keys[p.KeyID] = k
+		}
+	case events.KeyLeaked:
+		k, ok := t.Keys[p.KeyID]
+		if !ok {
+			break
+		}
+		if p.Revoked {
+			delete(t.Keys, p.KeyID)
+			break
+		}
+		k.Leak = &Leak{KeyID: p.KeyID, Name: k.Name, URL: p.URL, Source: p.Source, Reporter: p.Reporter, At: e.Time}
+		t.Keys[p.KeyID] = k
 	case events.KeyDeleted:
 		delete(t.Keys, p.KeyID)
 	}
+}
+
+func newKey(p events.KeyCreated, at time.Time) Key {
+	return Key{ID: p.KeyID, Name: p.Name, Scopes: p.Scopes, Hash: p.Hash, Last4: p.Last4, CreatedAt: at, ExpiresAt: p.ExpiresAt}
+}
+
+// Counted reports how many of the team's keys count against max_keys at
+// now: those not expired, and of a key rolled with a grace period only the
+// new one (the pair counts as one).
+func (t *Team) Counted(now time.Time) int {
+	n := 0
+	for _, k := range t.Keys {
+		if !k.Expired(now) && k.ReplacedBy == "" {
+			n++
+		}
+	}
+	return n
 }
 
 // Platform is the state of the platform aggregate.
@@ -85,6 +159,10 @@ var (
 	ErrScopeNotAllowed = errors.New("scope not allowed for this team")
 	// ErrKeyNotFound: no active key with that id in that team.
 	ErrKeyNotFound = errors.New("API key not found")
+	// ErrAlreadyRolled: the key was rolled before; roll its replacement.
+	ErrAlreadyRolled = errors.New("this API key was already rolled; roll the key that replaced it")
+	// ErrKeyExpired: the key has expired; only deleting it is left.
+	ErrKeyExpired = errors.New("this API key has expired")
 )
 
 // ScopeError names the scope that is not allowed. Scope is empty for a
@@ -101,11 +179,11 @@ func (e *ScopeError) Error() string {
 // Unwrap makes errors.Is(err, ErrScopeNotAllowed) true.
 func (e *ScopeError) Unwrap() error { return ErrScopeNotAllowed }
 
-// CheckCreate reports whether a key with these scopes may be created:
-// the team is enabled, every scope is allowed, and it has fewer than
-// max_keys active keys. Lowering max_keys below the count deletes
-// nothing; it only blocks new keys.
-func (t *Team) CheckCreate(scopes []string) error {
+// CheckCreate reports whether a key with these scopes may be created at
+// now: the team is enabled, every scope is allowed, and fewer than max_keys
+// keys count against it (Counted). Lowering max_keys below the count
+// deletes nothing; it only blocks new keys.
+func (t *Team) CheckCreate(scopes []string, now time.Time) error {
 	if !t.Config.Enabled {
 		return ErrTeamDisabled
 	}
@@ -114,14 +192,34 @@ func (t *Team) CheckCreate(scopes []string) error {
 			return &ScopeError{Scope: s}
 		}
 	}
-	if len(t.Keys) >= t.Config.MaxKeys {
+	if t.Counted(now) >= t.Config.MaxKeys {
 		return ErrMaxKeysReached
 	}
 	return nil
 }
 
-// CheckDelete returns the active key that may be deleted. requireEnabled
-// is set for members, who manage keys only while the team is enabled.
+// CheckRoll returns the key that may be rolled at now: it exists, the team
+// is enabled (a roll makes a key), and it was neither rolled before nor
+// has expired. The pair counts as one key, so max_keys is not checked.
+func (t *Team) CheckRoll(keyID string, now time.Time) (Key, error) {
+	if !t.Config.Enabled {
+		return Key{}, ErrTeamDisabled
+	}
+	k, ok := t.Keys[keyID]
+	switch {
+	case !ok:
+		return Key{}, ErrKeyNotFound
+	case k.ReplacedBy != "":
+		return Key{}, ErrAlreadyRolled
+	case k.Expired(now):
+		return Key{}, ErrKeyExpired
+	}
+	return k, nil
+}
+
+// CheckDelete returns the key that may be deleted, or changed (disabled,
+// enabled, renamed). requireEnabled is set for members, who manage keys
+// only while the team is enabled.
 func (t *Team) CheckDelete(keyID string, requireEnabled bool) (Key, error) {
 	if requireEnabled && !t.Config.Enabled {
 		return Key{}, ErrTeamDisabled

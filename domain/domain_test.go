@@ -75,13 +75,13 @@ func TestCheckCreate(t *testing.T) {
 		{"room left", fold(configured(true, 2, apps, calls), created("k1", apps)), []string{calls, apps}, nil},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			if err := c.team.CheckCreate(c.scopes); !errors.Is(err, c.want) || (c.want == nil) != (err == nil) {
+			if err := c.team.CheckCreate(c.scopes, time.Now()); !errors.Is(err, c.want) || (c.want == nil) != (err == nil) {
 				t.Fatalf("got %v, want %v", err, c.want)
 			}
 		})
 	}
 	var se *domain.ScopeError
-	if err := fold(configured(true, 5, apps)).CheckCreate([]string{calls}); !errors.As(err, &se) || se.Scope != calls {
+	if err := fold(configured(true, 5, apps)).CheckCreate([]string{calls}, time.Now()); !errors.As(err, &se) || se.Scope != calls {
 		t.Fatalf("the refused scope is not named: %v", err)
 	}
 }

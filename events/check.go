@@ -144,6 +144,18 @@ func validPayload(e Envelope, p Payload) error {
 		if !team || p.KeyID == "" || len(p.Hash) != 32 {
 			return fmt.Errorf("%w: KeyDeleted needs a team, a key id and a 32-byte hash", ErrMalformed)
 		}
+	case KeyRolled:
+		if !team || p.KeyID == "" || len(p.Hash) != 32 || p.Replaces == "" || len(p.ReplacedHash) != 32 {
+			return fmt.Errorf("%w: KeyRolled needs a team, both key ids and both 32-byte hashes", ErrMalformed)
+		}
+	case KeyUpdated:
+		if !team || p.KeyID == "" || len(p.Hash) != 32 {
+			return fmt.Errorf("%w: KeyUpdated needs a team, a key id and a 32-byte hash", ErrMalformed)
+		}
+	case KeyLeaked:
+		if !team || p.KeyID == "" || len(p.Hash) != 32 {
+			return fmt.Errorf("%w: KeyLeaked needs a team, a key id and a 32-byte hash", ErrMalformed)
+		}
 	case TeamAccessConfigured:
 		if !team || p.MaxKeys < 0 {
 			return fmt.Errorf("%w: TeamAccessConfigured needs a team and max_keys ≥ 0", ErrMalformed)

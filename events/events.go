@@ -30,7 +30,15 @@ const (
 	TypeTeamAccessConfigured Type = "TeamAccessConfigured"
 	TypeKeyCreated           Type = "KeyCreated"
 	TypeKeyDeleted           Type = "KeyDeleted"
+	TypeKeyRolled            Type = "KeyRolled"
+	TypeKeyUpdated           Type = "KeyUpdated"
+	TypeKeyLeaked            Type = "KeyLeaked"
 )
+
+// Types is the catalogue, in the order it grew.
+func Types() []Type {
+	return []Type{TypePlatformFlagSet, TypeTeamAccessConfigured, TypeKeyCreated, TypeKeyDeleted, TypeKeyRolled, TypeKeyUpdated, TypeKeyLeaked}
+}
 
 // Actor is who caused an event.
 type Actor struct {
@@ -96,6 +104,42 @@ type KeyCreated struct {
 	Scopes []string `msgpack:"scopes"`
 	Hash   []byte   `msgpack:"hash"`
 	Last4  string   `msgpack:"last4"`
+	// ExpiresAt, if set, is when the key stops working (added after v1:
+	// absent from keys made before, and from keys without an expiry).
+	ExpiresAt *time.Time `msgpack:"expires_at,omitempty"`
+}
+
+// KeyRolled records a key replaced by a new one (the embedded KeyCreated,
+// inlined on the wire) with the old key's name and scopes. The old key,
+// Replaces with hash ReplacedHash, stops working at GraceUntil: the
+// event's own time for a roll without a grace period.
+type KeyRolled struct {
+	KeyCreated
+	Replaces     string    `msgpack:"replaces"`
+	ReplacedHash []byte    `msgpack:"replaced_hash"`
+	GraceUntil   time.Time `msgpack:"grace_until"`
+}
+
+// KeyUpdated changes a key: disables or enables it, renames it. A nil
+// field is unchanged. Hash is there so that validators need no lookup.
+type KeyUpdated struct {
+	KeyID   string  `msgpack:"key_id"`
+	Hash    []byte  `msgpack:"hash"`
+	Enabled *bool   `msgpack:"enabled,omitempty"`
+	Name    *string `msgpack:"name,omitempty"`
+}
+
+// KeyLeaked records that a key was reported as exposed, at URL, by
+// Reporter (e.g. "github" for GitHub secret scanning, whose Source says
+// where it found it: "content", "commit", …). Revoked: the key stopped
+// working with this event, as if deleted; otherwise it is only marked.
+type KeyLeaked struct {
+	KeyID    string `msgpack:"key_id"`
+	Hash     []byte `msgpack:"hash"`
+	URL      string `msgpack:"url"`
+	Source   string `msgpack:"source"`
+	Reporter string `msgpack:"reporter"`
+	Revoked  bool   `msgpack:"revoked"`
 }
 
 // KeyDeleted records that a key stopped being valid. Hash is repeated so
@@ -109,11 +153,17 @@ func (PlatformFlagSet) EventType() Type      { return TypePlatformFlagSet }
 func (TeamAccessConfigured) EventType() Type { return TypeTeamAccessConfigured }
 func (KeyCreated) EventType() Type           { return TypeKeyCreated }
 func (KeyDeleted) EventType() Type           { return TypeKeyDeleted }
+func (KeyRolled) EventType() Type            { return TypeKeyRolled }
+func (KeyUpdated) EventType() Type           { return TypeKeyUpdated }
+func (KeyLeaked) EventType() Type            { return TypeKeyLeaked }
 
 func (PlatformFlagSet) SchemaVersion() int      { return 1 }
 func (TeamAccessConfigured) SchemaVersion() int { return 1 }
 func (KeyCreated) SchemaVersion() int           { return 1 }
 func (KeyDeleted) SchemaVersion() int           { return 1 }
+func (KeyRolled) SchemaVersion() int            { return 1 }
+func (KeyUpdated) SchemaVersion() int           { return 1 }
+func (KeyLeaked) SchemaVersion() int            { return 1 }
 
 // Errors returned by decoding and verification.
 var (
@@ -226,6 +276,12 @@ func (e Envelope) Decode() (_ Payload, err error) {
 		p = &KeyCreated{}
 	case TypeKeyDeleted:
 		p = &KeyDeleted{}
+	case TypeKeyRolled:
+		p = &KeyRolled{}
+	case TypeKeyUpdated:
+		p = &KeyUpdated{}
+	case TypeKeyLeaked:
+		p = &KeyLeaked{}
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrUnknownType, e.Type)
 	}
@@ -242,10 +298,27 @@ func (e Envelope) Decode() (_ Payload, err error) {
 	case *TeamAccessConfigured:
 		return *v, nil
 	case *KeyCreated:
+		return normalize(*v), nil
+	case *KeyRolled:
+		v.KeyCreated = normalize(v.KeyCreated)
+		v.GraceUntil = v.GraceUntil.UTC()
+		return *v, nil
+	case *KeyUpdated:
+		return *v, nil
+	case *KeyLeaked:
 		return *v, nil
 	default:
 		return *v.(*KeyDeleted), nil
 	}
+}
+
+// normalize gives a decoded KeyCreated's expiry in UTC.
+func normalize(k KeyCreated) KeyCreated {
+	if k.ExpiresAt != nil {
+		t := k.ExpiresAt.UTC()
+		k.ExpiresAt = &t
+	}
+	return k
 }
 
 // PlatformAggregate is the aggregate of platform-wide settings.

@@ -269,7 +269,7 @@ func TestUnknownFieldsTolerated(t *testing.T) {
 		"scopes":      []string{"CREATE_CALL_TOKEN"},
 		"hash":        []byte{1, 2, 3},
 		"last4":       "abcd",
-		"expires_at":  "2030-01-01T00:00:00Z", // unknown to this binary
+		"rotate_at":   "2030-01-01T00:00:00Z", // unknown to this binary
 		"labels":      map[string]any{"env": "prod"},
 		"nested_list": []any{1, "two", nil},
 	})

@@ -10,22 +10,47 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 )
 
-// goldenFile holds events as every version of telkeys wrote them. It is
-// kept forever: new versions add files, never change old ones, and every
-// file must keep decoding (schema evolution). UPDATE_GOLDEN=1 writes it only
-// if it does not exist; a new schema version gets a new file and a test.
-const goldenFile = "testdata/golden-events-v1.msgpack"
+// The golden files hold events as every version of telkeys wrote them.
+// They are kept forever: new versions add files, never change old ones, and
+// every file must keep decoding (schema evolution). UPDATE_GOLDEN=1 writes
+// the ones that do not exist yet.
+var goldenFiles = []struct {
+	file   string
+	events func() []golden
+}{
+	{"testdata/golden-events-v1.msgpack", goldenV1},
+	// The key lifecycle (expiry, roll, disable, leak reports).
+	{"testdata/golden-events-v2-lifecycle.msgpack", goldenV2},
+}
 
-// goldenV1 is what goldenFile holds, decoded.
-func goldenV1() []struct {
+type golden struct {
 	Aggregate string
 	Payload   Payload
-} {
+}
+
+// goldenV2 is the key lifecycle's events.
+func goldenV2() []golden {
+	at := time.Date(2027, 1, 31, 8, 30, 0, 0, time.UTC)
+	grace := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	off, name := false, "renamed ü"
+	old := KeyCreated{KeyID: "key_01JBQ3V9P8D1XG7S3M6Y2N4K5V", Name: "expiring", Scopes: []string{"READ_CALL_TOKEN"}, Hash: make([]byte, 32), Last4: "Zz90", ExpiresAt: &at}
+	newHash := make([]byte, 32)
+	newHash[0] = 1
+	return []golden{
+		{TeamAggregate("acme"), old},
+		{TeamAggregate("acme"), KeyRolled{
+			KeyCreated: KeyCreated{KeyID: "key_01JBQ3V9P8D1XG7S3M6Y2N4K5W", Name: "expiring", Scopes: []string{"READ_CALL_TOKEN"}, Hash: newHash, Last4: "Yy81"},
+			Replaces:   old.KeyID, ReplacedHash: old.Hash, GraceUntil: grace,
+		}},
+		{TeamAggregate("acme"), KeyUpdated{KeyID: "key_01JBQ3V9P8D1XG7S3M6Y2N4K5W", Hash: newHash, Enabled: &off, Name: &name}},
+		{TeamAggregate("acme"), KeyLeaked{KeyID: "key_01JBQ3V9P8D1XG7S3M6Y2N4K5W", Hash: newHash, URL: "https://github.com/octo/repo/blob/main/.env", Source: "content", Reporter: "github", Revoked: true}},
+	}
+}
+
+// goldenV1 is the first telkeys's events.
+func goldenV1() []golden {
 	limit := int64(5000)
-	return []struct {
-		Aggregate string
-		Payload   Payload
-	}{
+	return []golden{
 		{PlatformAggregate, PlatformFlagSet{Flag: "webrtc", Enabled: false}},
 		{TeamAggregate("acme"), TeamAccessConfigured{AccessConfig: AccessConfig{Enabled: true, AllowedScopes: []string{"CREATE_CALL_TOKEN", "READ_TEAM_APPS"}, MaxKeys: 2, MaxRequestsPerDay: &limit}}},
 		{TeamAggregate("acme"), KeyCreated{KeyID: "key_01JBQ3V9P8D1XG7S3M6Y2N4K5T", Name: "backend é", Scopes: []string{"READ_TEAM_APPS"}, Hash: make([]byte, 32), Last4: "Ab12"}},
@@ -36,8 +61,14 @@ func goldenV1() []struct {
 }
 
 func TestGoldenEventsStillDecode(t *testing.T) {
-	if os.Getenv("UPDATE_GOLDEN") == "1" {
-		writeGolden(t)
+	for _, g := range goldenFiles {
+		t.Run(filepath.Base(g.file), func(t *testing.T) { checkGolden(t, g.file, g.events()) })
+	}
+}
+
+func checkGolden(t *testing.T, goldenFile string, want []golden) {
+	if _, err := os.Stat(goldenFile); err != nil && os.Getenv("UPDATE_GOLDEN") == "1" {
+		writeGolden(t, goldenFile, want)
 	}
 	raw, err := os.ReadFile(goldenFile)
 	if err != nil {
@@ -47,7 +78,6 @@ func TestGoldenEventsStillDecode(t *testing.T) {
 	if err := msgpack.Unmarshal(raw, &msgs); err != nil {
 		t.Fatal(err)
 	}
-	want := goldenV1()
 	if len(msgs) != len(want) {
 		t.Fatalf("%d golden events, want %d", len(msgs), len(want))
 	}
@@ -71,14 +101,11 @@ func TestGoldenEventsStillDecode(t *testing.T) {
 	}
 }
 
-func writeGolden(t *testing.T) {
-	if _, err := os.Stat(goldenFile); err == nil {
-		t.Fatalf("%s exists: golden files are never rewritten", goldenFile)
-	}
+func writeGolden(t *testing.T, goldenFile string, events []golden) {
 	last := map[string][]byte{}
 	var msgs [][]byte
 	at := time.Date(2026, 11, 26, 12, 0, 0, 123456789, time.UTC)
-	for i, g := range goldenV1() {
+	for i, g := range events {
 		e, err := New("evt_01JBQ3V9P8D1XG7S3M6Y2N4K"+string(rune('A'+i))+"0", g.Aggregate, Actor{Subject: "golden", Role: "superadmin"}, at.Add(time.Duration(i)*time.Second), last[g.Aggregate], g.Payload)
 		if err != nil {
 			t.Fatal(err)

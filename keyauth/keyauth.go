@@ -53,9 +53,11 @@ const (
 	WebRTCDisabled
 	RateLimited
 	Unavailable
+	Expired
+	Disabled
 )
 
-var codeNames = [...]string{"VALID", "NOT_FOUND", "INSUFFICIENT_SCOPE", "TEAM_API_DISABLED", "WEBRTC_DISABLED", "RATE_LIMITED", "UNAVAILABLE"}
+var codeNames = [...]string{"VALID", "NOT_FOUND", "INSUFFICIENT_SCOPE", "TEAM_API_DISABLED", "WEBRTC_DISABLED", "RATE_LIMITED", "UNAVAILABLE", "EXPIRED", "DISABLED"}
 
 // String returns the contract's name of the code.
 func (c Code) String() string {

@@ -146,7 +146,7 @@ func TestKeyIndexUnusable(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !bytes.HasPrefix(real, []byte("tkix\x02")) {
+			if !bytes.HasPrefix(real, []byte("tkix\x03")) {
 				t.Fatalf("the index starts with %q", real[:5])
 			}
 			// The real index with a bit of its last key flipped.
@@ -159,12 +159,12 @@ func TestKeyIndexUnusable(t *testing.T) {
 			case "older version":
 				putIndex(t, obs, append([]byte("tkix\x01"), real[5:]...), r.Signer)
 			case "newer version":
-				putIndex(t, obs, []byte("tkix\x03rest"), r.Signer)
+				putIndex(t, obs, []byte("tkix\x04rest"), r.Signer)
 			case "cut off":
 				putIndex(t, obs, real[:len(real)-7], r.Signer)
 			case "ahead of the stream":
 				_, n := binary.Uvarint(real[5:])
-				putIndex(t, obs, append(binary.AppendUvarint([]byte("tkix\x02"), 1<<40), real[5+n:]...), r.Signer)
+				putIndex(t, obs, append(binary.AppendUvarint([]byte("tkix\x03"), 1<<40), real[5+n:]...), r.Signer)
 			case "unsigned":
 				putIndex(t, obs, real, nil)
 			case "signed with an untrusted key":

@@ -26,13 +26,14 @@ import (
 // validator reads it and then the events after it: a million keys load in
 // about a second, where a million KV records took tens.
 //
-//	magic "tkix", version byte (2)
+//	magic "tkix", version byte (3; 2 is read too: no expiry, no flags)
 //	seq, flag seq: uvarint; webrtc off: byte
 //	chain: uvarint count, then each: aggregate, hash of its last valid event
 //	teams: uvarint count, then each: name, configured byte, and if
 //	       configured: seq uvarint, enabled byte, scopes byte, limit varint
 //	keys:  uvarint count, then each: hash [32], team index uvarint,
-//	       scopes byte, seq uvarint, id
+//	       scopes byte, seq uvarint, id, expiry varint (unix ns, 0: none),
+//	       flags byte (1: disabled)
 //
 // Strings are a uvarint length and the bytes. The chain lets a validator
 // started from the index check the events after it exactly as one that
@@ -47,7 +48,7 @@ import (
 // did not write is never used.
 const (
 	indexMagic   = "tkix"
-	indexVersion = 2
+	indexVersion = 3
 	// seqMeta is the object metadata holding the index's sequence; kidMeta
 	// and sigMeta its signature.
 	seqMeta = "seq"
@@ -173,6 +174,8 @@ func (v *Validator) encodeIndex() (uint64, []byte) {
 		b = append(b, byte(k.scopes))
 		b = binary.AppendUvarint(b, k.seq)
 		b = appendString(b, k.id)
+		b = binary.AppendVarint(b, k.expiresAt.Load())
+		b = append(b, boolByte(k.disabled.Load()))
 	})
 	return seq, b
 }
@@ -243,7 +246,8 @@ func (v *Validator) decodeIndex(r *bufio.Reader, lastSeq, size uint64) (uint64, 
 	if _, err := io.ReadFull(r, head[:]); err != nil {
 		return 0, err
 	}
-	if string(head[:len(indexMagic)]) != indexMagic || head[len(indexMagic)] != indexVersion {
+	version := head[len(indexMagic)]
+	if string(head[:len(indexMagic)]) != indexMagic || version < 2 || version > indexVersion {
 		return 0, errIndexFormat
 	}
 	d := decoder{r: r}
@@ -290,6 +294,10 @@ func (v *Validator) decodeIndex(r *bufio.Reader, lastSeq, size uint64) (uint64, 
 		ti := d.uvarint()
 		k.scopes, k.seq = ScopeSet(d.byte()), d.uvarint()
 		ids.Write(d.bytes())
+		if version >= 3 {
+			k.expiresAt.Store(d.varint())
+			k.disabled.Store(d.byte() == 1)
+		}
 		if d.err != nil || ti >= uint64(len(teams)) || ids.Len() > math.MaxUint32 {
 			return 0, fmt.Errorf("%w: key %d of %d is cut off or names no team", errIndexFormat, i, n)
 		}

@@ -77,6 +77,10 @@ type key struct {
 	team   *team
 	scopes ScopeSet
 	seq    uint64 // the KeyCreated event
+	// expiresAt is when the key stops working, unix ns (0: never);
+	// disabled is set while it is disabled. Events change them in place.
+	expiresAt atomic.Int64
+	disabled  atomic.Bool
 	// lastUsed is the unix second of the last successful verification;
 	// flushed is the value last written out; queued is set while the key
 	// waits in its shard's used list.
@@ -287,6 +291,23 @@ func unlink(head *key, h apikey.Hash) (*key, bool) {
 	return head, false
 }
 
+// create stores the key a KeyCreated (or a KeyRolled) makes, unless the
+// state has it from that event or a later one.
+func (s *state) create(team string, seq uint64, e events.KeyCreated) {
+	if len(e.Hash) != len(apikey.Hash{}) {
+		return
+	}
+	h := apikey.Hash(e.Hash)
+	if existing := s.lookup(h); existing != nil && existing.seq >= seq {
+		return
+	}
+	k := &key{id: e.KeyID, team: s.team(team), scopes: scopesOf(e.Scopes), seq: seq}
+	if e.ExpiresAt != nil {
+		k.expiresAt.Store(e.ExpiresAt.UnixNano())
+	}
+	s.putKey(h, k)
+}
+
 func (s *state) setConfig(t *team, seq uint64, enabled bool, allowed []string, limit *int64) {
 	if cur := t.cfg.Load(); cur != nil && cur.seq >= seq {
 		return
@@ -319,11 +340,30 @@ func (s *state) apply(seq uint64, ev events.Envelope, p events.Payload) {
 		if !ok || len(e.Hash) != len(apikey.Hash{}) {
 			break
 		}
-		h := apikey.Hash(e.Hash)
-		if existing := s.lookup(h); existing != nil && existing.seq >= seq {
+		s.create(name, seq, e)
+	case events.KeyRolled:
+		name, ok := events.TeamOf(ev.Aggregate)
+		if !ok || len(e.Hash) != len(apikey.Hash{}) || len(e.ReplacedHash) != len(apikey.Hash{}) {
 			break
 		}
-		s.putKey(h, &key{id: e.KeyID, team: s.team(name), scopes: scopesOf(e.Scopes), seq: seq})
+		s.create(name, seq, e.KeyCreated)
+		if old := s.lookup(apikey.Hash(e.ReplacedHash)); old != nil {
+			until := e.GraceUntil.UnixNano()
+			if cur := old.expiresAt.Load(); cur == 0 || until < cur {
+				old.expiresAt.Store(until)
+			}
+		}
+	case events.KeyUpdated:
+		if len(e.Hash) != len(apikey.Hash{}) || e.Enabled == nil {
+			break
+		}
+		if k := s.lookup(apikey.Hash(e.Hash)); k != nil {
+			k.disabled.Store(!*e.Enabled)
+		}
+	case events.KeyLeaked:
+		if e.Revoked && len(e.Hash) == len(apikey.Hash{}) {
+			s.dropKey(apikey.Hash(e.Hash))
+		}
 	case events.KeyDeleted:
 		if len(e.Hash) == len(apikey.Hash{}) {
 			s.dropKey(apikey.Hash(e.Hash))

@@ -189,7 +189,7 @@ func (v *Validator) onEvent(m jetstream.Msg) {
 	}
 	v.heard(v.cfg.Now().UnixNano())
 	switch c.p.(type) {
-	case events.KeyDeleted, events.TeamAccessConfigured, events.PlatformFlagSet:
+	case events.KeyDeleted, events.KeyRolled, events.KeyUpdated, events.KeyLeaked, events.TeamAccessConfigured, events.PlatformFlagSet:
 		v.report() // telkeys may be holding a command until this node has it
 	}
 }

@@ -8,8 +8,8 @@ import (
 )
 
 // Verify checks key for scope, in this order: length and prefix,
-// freshness of this node, lookup by SHA-256, team enabled, webrtc flag,
-// scope, daily quota. The quota is charged only when every other check
+// freshness of this node, lookup by SHA-256, key enabled, key not expired,
+// team enabled, webrtc flag, scope, daily quota. The quota is charged only when every other check
 // passes.
 //
 // It does not check the key's checksum (apikey.Parse): only keys telkeys
@@ -44,6 +44,14 @@ func (v *Validator) Verify(key, scope string) Result {
 	}
 	t := k.team
 	r := Result{Team: t.name, KeyID: k.id, Limit: -1}
+	if k.disabled.Load() {
+		r.Code = Disabled
+		return r
+	}
+	if e := k.expiresAt.Load(); e != 0 && now.UnixNano() >= e {
+		r.Code = Expired
+		return r
+	}
 	cfg := t.cfg.Load()
 	if cfg == nil || !cfg.enabled {
 		r.Code = TeamAPIDisabled
@@ -120,4 +128,18 @@ func (v *Validator) VerifyWait(ctx context.Context, key, scope string) Result {
 		r = v.Verify(key, scope)
 	}
 	return r
+}
+
+// Owner returns the team and id of key if this validator holds it, whether
+// or not it would be valid (disabled, expired). It is for leak reports:
+// no quota is charged.
+func (v *Validator) Owner(key string) (team, keyID string, ok bool) {
+	if len(key) != apikey.Len || key[:len(apikey.Prefix)] != apikey.Prefix {
+		return "", "", false
+	}
+	k := v.st.lookup(hashKey(key))
+	if k == nil {
+		return "", "", false
+	}
+	return k.team.name, k.id, true
 }

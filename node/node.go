@@ -239,6 +239,12 @@ func gate(v Verifier, scope string) fiber.Handler {
 		case keyauth.NotFound:
 			c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="telapi", error="invalid_token"`)
 			return writeProblem(c, 401, "invalid_api_key", "the API key is unknown, malformed or deleted")
+		case keyauth.Expired:
+			c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="telapi", error="invalid_token", error_description="expired"`)
+			return writeProblem(c, 401, "expired_api_key", "the API key has expired")
+		case keyauth.Disabled:
+			c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="telapi", error="invalid_token", error_description="disabled"`)
+			return writeProblem(c, 401, "disabled_api_key", "the API key is disabled")
 		case keyauth.InsufficientScope:
 			return writeProblem(c, 403, "insufficient_scope", "the API key lacks scope "+scope)
 		case keyauth.TeamAPIDisabled:

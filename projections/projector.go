@@ -18,6 +18,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/telapi/telkeys/bus"
+	"github.com/telapi/telkeys/domain"
 	"github.com/telapi/telkeys/events"
 )
 
@@ -361,21 +362,64 @@ func (p *Projector) apply(ctx context.Context, w *writes, seq uint64, subject st
 		rec.Configured = true
 		rec.AccessConfig = e.AccessConfig
 	case events.KeyCreated:
-		k := KeyRecord{
-			Seq: seq, ID: e.KeyID, Team: team, Name: e.Name, Scopes: e.Scopes,
-			Hash: hex.EncodeToString(e.Hash), Last4: e.Last4, CreatedAt: ev.Time,
-		}
-		enc := mustMarshal(k)
-		n, err := w.updateTeamKeys(ctx, team, seq, func(l *keyList) { l.add(k, enc) })
+		n, err := w.addKey(ctx, team, seq, keyRecord(team, seq, ev.Time, e), nil)
 		if err != nil {
 			return err
 		}
-		// A key's record is written once and deleted once, never again: the
-		// write expects an empty subject, and if the subject has any history
-		// this create was applied before (see flush).
-		if _, seen := w.p.cache[bus.KeyPrefix+k.Hash]; !seen {
-			w.ops = append(w.ops, op{key: bus.KeyPrefix + k.Hash, val: enc, once: true})
-			w.p.cache[bus.KeyPrefix+k.Hash] = cached{rev: pendingRev, val: enc}
+		rec.Keys = n
+	case events.KeyRolled:
+		k := keyRecord(team, seq, ev.Time, e.KeyCreated)
+		k.Replaces = e.Replaces
+		n, err := w.addKey(ctx, team, seq, k, func(l *keyList) {
+			l.update(e.Replaces, func(old *KeyRecord) {
+				old.ReplacedBy = e.KeyID
+				if old.ExpiresAt == nil || e.GraceUntil.Before(*old.ExpiresAt) {
+					until := e.GraceUntil
+					old.ExpiresAt = &until
+				}
+			})
+		})
+		if err != nil {
+			return err
+		}
+		rec.Keys = n
+	case events.KeyUpdated:
+		n, err := w.updateTeamKeys(ctx, team, seq, func(l *keyList) {
+			l.update(e.KeyID, func(k *KeyRecord) {
+				if e.Enabled != nil {
+					k.Disabled = !*e.Enabled
+				}
+				if e.Name != nil {
+					k.Name = *e.Name
+				}
+			})
+		})
+		if err != nil {
+			return err
+		}
+		rec.Keys = n
+	case events.KeyLeaked:
+		leak := domain.Leak{KeyID: e.KeyID, URL: e.URL, Source: e.Source, Reporter: e.Reporter, Revoked: e.Revoked, At: ev.Time}
+		n, err := w.updateTeamKeys(ctx, team, seq, func(l *keyList) {
+			l.update(e.KeyID, func(k *KeyRecord) {
+				leak.Name = k.Name
+				if !e.Revoked {
+					k.Leak = &leak
+				}
+			})
+			if e.Revoked {
+				l.remove(e.KeyID)
+			}
+		})
+		if err != nil {
+			return err
+		}
+		if e.Revoked {
+			w.dropKeyRecord(e.Hash)
+		}
+		if teamBehind {
+			rec.Leaks = append(rec.Leaks, leak)
+			rec.Leaks = rec.Leaks[max(0, len(rec.Leaks)-MaxLeaks):]
 		}
 		rec.Keys = n
 	case events.KeyDeleted:
@@ -383,16 +427,7 @@ func (p *Projector) apply(ctx context.Context, w *writes, seq uint64, subject st
 		if err != nil {
 			return err
 		}
-		// The record goes whatever its subject holds: a delete marker
-		// removes a stored record, and where none was ever stored (a
-		// replay whose create this batch holds, or whose create was never
-		// written) it stays as a tombstone, so the create, which expects
-		// an empty subject, can never be written after it. A stale
-		// instance can do no harm with it: the event is in the stream.
-		hashKey := bus.KeyPrefix + hex.EncodeToString(e.Hash)
-		w.dropOnce(hashKey)
-		w.ops = append(w.ops, op{key: hashKey, blind: true})
-		w.p.cache[hashKey] = cached{rev: pendingRev}
+		w.dropKeyRecord(e.Hash)
 		rec.Keys = n
 	}
 	if !teamBehind {
@@ -402,6 +437,51 @@ func (p *Projector) apply(ctx context.Context, w *writes, seq uint64, subject st
 	rec.UpdatedAt = ev.Time
 	w.put(bus.TeamPrefix+team, rev, mustMarshal(rec))
 	return nil
+}
+
+// keyRecord is the record of the key a KeyCreated (or KeyRolled) makes.
+func keyRecord(team string, seq uint64, at time.Time, e events.KeyCreated) KeyRecord {
+	return KeyRecord{
+		Seq: seq, ID: e.KeyID, Team: team, Name: e.Name, Scopes: e.Scopes,
+		Hash: hex.EncodeToString(e.Hash), Last4: e.Last4, CreatedAt: at, ExpiresAt: e.ExpiresAt,
+	}
+}
+
+// addKey adds k to its team's list (and makes any other change to the
+// list), and writes its record under key.<hash>, and returns how many keys
+// the list holds.
+func (w *writes) addKey(ctx context.Context, team string, seq uint64, k KeyRecord, also func(*keyList)) (int, error) {
+	enc := mustMarshal(k)
+	n, err := w.updateTeamKeys(ctx, team, seq, func(l *keyList) {
+		l.add(k, enc)
+		if also != nil {
+			also(l)
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	// A key's record is written once and deleted once, never again: the
+	// write expects an empty subject, and if the subject has any history
+	// this create was applied before (see flush).
+	if _, seen := w.p.cache[bus.KeyPrefix+k.Hash]; !seen {
+		w.ops = append(w.ops, op{key: bus.KeyPrefix + k.Hash, val: enc, once: true})
+		w.p.cache[bus.KeyPrefix+k.Hash] = cached{rev: pendingRev, val: enc}
+	}
+	return n, nil
+}
+
+// dropKeyRecord deletes key.<hash>. The record goes whatever its subject
+// holds: a delete marker removes a stored record, and where none was ever
+// stored (a replay whose create this batch holds, or whose create was
+// never written) it stays as a tombstone, so the create, which expects an
+// empty subject, can never be written after it. A stale instance can do
+// no harm with it: the event is in the stream.
+func (w *writes) dropKeyRecord(hash []byte) {
+	hashKey := bus.KeyPrefix + hex.EncodeToString(hash)
+	w.dropOnce(hashKey)
+	w.ops = append(w.ops, op{key: hashKey, blind: true})
+	w.p.cache[hashKey] = cached{rev: pendingRev}
 }
 
 // writes collects one batch's writes in order, and sees its own writes.
@@ -501,6 +581,14 @@ func newKeyList(tk TeamKeysRecord) *keyList {
 
 func (l *keyList) add(k KeyRecord, enc []byte) {
 	l.keys, l.enc = append(l.keys, k), append(l.enc, enc)
+}
+
+// update changes the key id in place, if the list has it.
+func (l *keyList) update(id string, change func(*KeyRecord)) {
+	if i := slices.IndexFunc(l.keys, func(k KeyRecord) bool { return k.ID == id }); i >= 0 {
+		change(&l.keys[i])
+		l.enc[i] = mustMarshal(l.keys[i])
+	}
 }
 
 func (l *keyList) remove(id string) {

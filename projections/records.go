@@ -11,6 +11,7 @@ package projections
 import (
 	"time"
 
+	"github.com/telapi/telkeys/domain"
 	"github.com/telapi/telkeys/events"
 )
 
@@ -23,7 +24,13 @@ type TeamRecord struct {
 	events.AccessConfig
 	Keys      int       `msgpack:"keys"`
 	UpdatedAt time.Time `msgpack:"updated_at"`
+	// Leaks are the team's last leak reports (at most MaxLeaks), oldest
+	// first, revoked keys' included: the API Keys tab's banner.
+	Leaks []domain.Leak `msgpack:"leaks,omitempty"`
 }
+
+// MaxLeaks is how many leak reports a team record keeps.
+const MaxLeaks = 20
 
 // KeyRecord is one active key. It is stored in the team's list and under
 // key.<hex SHA-256 of the key>.
@@ -36,6 +43,12 @@ type KeyRecord struct {
 	Hash      string    `msgpack:"hash"`
 	Last4     string    `msgpack:"last4"`
 	CreatedAt time.Time `msgpack:"created_at"`
+	// The key lifecycle (see domain.Key).
+	ExpiresAt  *time.Time   `msgpack:"expires_at,omitempty"`
+	Disabled   bool         `msgpack:"disabled,omitempty"`
+	Replaces   string       `msgpack:"replaces,omitempty"`
+	ReplacedBy string       `msgpack:"replaced_by,omitempty"`
+	Leak       *domain.Leak `msgpack:"leak,omitempty"`
 }
 
 // TeamKeysRecord is a team's active keys in creation order, under

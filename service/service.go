@@ -67,6 +67,11 @@ type Config struct {
 	// Issuer, when its JWKSURL is set, is the platform's identity
 	// provider, whose tokens are accepted besides telkeys' own.
 	Issuer auth.Issuer
+	// LeakReportKeys is a file of GitHub secret scanning's public keys
+	// (api.LoadLeakKeys): it turns on POST /v1/leaks/github. LeakAction is
+	// what a report of a live key does: "revoke" (default) or "flag".
+	LeakReportKeys string
+	LeakAction     string
 }
 
 // SigningKeyPath is where telkeys serve keeps its event-signing key when
@@ -126,6 +131,14 @@ func (c Config) Validate() error {
 	if c.Issuer.JWKSURL != "" {
 		if err := c.Issuer.Validate(); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	if c.LeakAction != "" && c.LeakAction != string(api.LeakRevoke) && c.LeakAction != string(api.LeakFlag) {
+		errs = append(errs, errors.New("--leak-action must be revoke or flag"))
+	}
+	if c.LeakReportKeys != "" {
+		if _, err := api.LoadLeakKeys(c.LeakReportKeys); err != nil {
+			errs = append(errs, fmt.Errorf("--leak-report-keys: %w", err))
 		}
 	}
 	if c.AuthSecret != "" && len(c.AuthSecret) < auth.MinSecretLen {
@@ -260,7 +273,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (svc *Service, err
 	if err != nil {
 		return nil, err
 	}
+	var leakKeys api.LeakKeys
+	if cfg.LeakReportKeys != "" {
+		if leakKeys, err = api.LoadLeakKeys(cfg.LeakReportKeys); err != nil {
+			return nil, err
+		}
+	}
 	svc.api, err = api.New(api.Config{
+		LeakKeys: leakKeys, LeakAction: api.LeakAction(cfg.LeakAction),
 		Commands: cmds, Queries: projections.NewReadModel(svc.h), Projection: tracker, Verifier: svc.validator, Nodes: nodes,
 		Audit: &audit.Log{JS: js, Keys: keys}, Auth: authority, Metrics: metrics, Gatherer: reg, Log: log, DevLogin: cfg.DevLogin,
 		Ready: func(ctx context.Context) error { return svc.ready(ctx, tracker, readyAt) },

@@ -125,6 +125,8 @@ func serve(ctx context.Context, args []string) error {
 	fs.StringVar(&c.Issuer.Audience, "jwt-audience", "", "the aud those tokens must carry")
 	fs.StringVar(&c.Issuer.RoleClaim, "jwt-role-claim", "role", "the claim of those tokens that holds the role (superadmin, auditor, member or node; anything else is refused)")
 	fs.StringVar(&c.Issuer.TeamClaim, "jwt-team-claim", "team", "the claim of those tokens that holds a member's team")
+	fs.StringVar(&c.LeakReportKeys, "leak-report-keys", "", "GitHub secret scanning's public keys (JSON of https://api.github.com/meta/public_keys/secret_scanning): turns on POST /v1/leaks/github")
+	fs.StringVar(&c.LeakAction, "leak-action", "revoke", "what a leak report of a live key does: revoke (through the revocation barrier) or flag (only mark it)")
 	logCfg := cli.LogFlags(fs)
 	intro := "Usage: telkeys serve [flags]\n\nRuns the API key service: the REST API, the projections that build the read\n" +
 		"models, and (unless --nats-url is set) an embedded NATS server with JetStream.\n" +
