@@ -349,6 +349,11 @@ func (s *state) apply(seq uint64, ev events.Envelope, p events.Payload) {
 		s.create(name, seq, e.KeyCreated)
 		if old := s.lookup(apikey.Hash(e.ReplacedHash)); old != nil {
 			until := e.GraceUntil.UnixNano()
+			if !e.GraceUntil.After(ev.Time) {
+				// No grace: expired whatever Verify's copy of the clock
+				// says (it may lag the event by a clock tick).
+				until = 1
+			}
 			if cur := old.expiresAt.Load(); cur == 0 || until < cur {
 				old.expiresAt.Store(until)
 			}
