@@ -112,3 +112,58 @@ func TestEffectiveScopes(t *testing.T) {
 		t.Fatalf("got %#v, want an empty list", got)
 	}
 }
+
+// The lifecycle in the fold and the rules: an expired key and the old key
+// of a roll do not count against max_keys; a key rolls once, and not once
+// expired; a leak report revokes the key or marks it.
+func TestLifecycleRules(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	soon := t0.Add(time.Hour)
+	exp := created("k1", apps)
+	exp.ExpiresAt = &soon
+	team := fold(configured(true, 2, apps), exp, created("k2", apps),
+		events.KeyRolled{KeyCreated: created("k3", apps), Replaces: "k2", ReplacedHash: []byte("k2"), GraceUntil: t0.Add(2 * time.Hour)})
+	if n := team.Counted(t0); n != 2 {
+		t.Fatalf("before k1 expires: %d counted, want 2 (k1, and k2/k3 as one)", n)
+	}
+	if err := team.CheckCreate([]string{apps}, t0); !errors.Is(err, domain.ErrMaxKeysReached) {
+		t.Fatalf("a third key while two count: %v", err)
+	}
+	if n := team.Counted(soon); n != 1 {
+		t.Fatalf("once k1 expired: %d counted, want 1", n)
+	}
+	if err := team.CheckCreate([]string{apps}, soon); err != nil {
+		t.Fatalf("a key in place of an expired one: %v", err)
+	}
+	if k := team.Keys["k2"]; k.ReplacedBy != "k3" || !k.ExpiresAt.Equal(t0.Add(2*time.Hour)) || team.Keys["k3"].Replaces != "k2" {
+		t.Fatalf("the rolled pair: %+v, %+v", k, team.Keys["k3"])
+	}
+	for _, c := range []struct {
+		id   string
+		at   time.Time
+		want error
+	}{
+		{"k2", t0, domain.ErrAlreadyRolled},
+		{"k1", soon, domain.ErrKeyExpired},
+		{"nope", t0, domain.ErrKeyNotFound},
+		{"k1", t0, nil},
+		{"k3", t0, nil},
+	} {
+		if _, err := team.CheckRoll(c.id, c.at); !errors.Is(err, c.want) || (c.want == nil) != (err == nil) {
+			t.Errorf("roll %s: %v, want %v", c.id, err, c.want)
+		}
+	}
+	off := false
+	team.Apply(events.Envelope{Time: t0}, events.KeyUpdated{KeyID: "k3", Enabled: &off})
+	team.Apply(events.Envelope{Time: t0}, events.KeyLeaked{KeyID: "k1", URL: "u", Revoked: false})
+	team.Apply(events.Envelope{Time: t0}, events.KeyLeaked{KeyID: "k3", URL: "u", Revoked: true})
+	if team.Keys["k1"].Disabled || team.Keys["k1"].Leak == nil || team.Keys["k1"].Leak.URL != "u" {
+		t.Fatalf("k1 flagged as leaked: %+v", team.Keys["k1"])
+	}
+	if _, ok := team.Keys["k3"]; ok {
+		t.Fatal("a key revoked as leaked is still there")
+	}
+	if _, err := fold(configured(false, 2, apps), created("k1", apps)).CheckRoll("k1", t0); !errors.Is(err, domain.ErrTeamDisabled) {
+		t.Fatalf("a roll in a disabled team: %v", err)
+	}
+}

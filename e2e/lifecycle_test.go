@@ -254,7 +254,9 @@ func TestKeyLifecycle(t *testing.T) {
 			t.Fatalf("refused reports revoked the key: %s", c)
 		}
 		for name, b := range map[string][]byte{"not JSON": []byte("{"), "an object": []byte(`{"token":"x"}`), "no token": []byte(`[{"url":"x"}]`)} {
-			t.Run(name, func(t *testing.T) { expectProblem(t, s.send("POST", path, leaks.headers(b), b), 400, "invalid_request") })
+			t.Run(name, func(t *testing.T) {
+				expectProblem(t, s.send("POST", path, leaks.headers(b), b), 400, "invalid_request")
+			})
 		}
 		huge := append([]byte(`[{"token":"`), append([]byte(strings.Repeat("a", 1<<20)), `"}]`...)...)
 		expectProblem(t, s.send("POST", path, leaks.headers(huge), huge), 400, "invalid_request")

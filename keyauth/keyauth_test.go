@@ -347,9 +347,9 @@ func TestVerifyDoesNotAllocate(t *testing.T) {
 			}
 		},
 		"valid, unlimited team": func() { v.Verify(open.Plaintext, apps) },
-		"scope":     func() { v.Verify(k.Plaintext, calls) },
-		"not found": func() { v.Verify(other, apps) },
-		"malformed": func() { v.Verify("tk_nope", apps) },
+		"scope":                 func() { v.Verify(k.Plaintext, calls) },
+		"not found":             func() { v.Verify(other, apps) },
+		"malformed":             func() { v.Verify("tk_nope", apps) },
 	} {
 		if n := testing.AllocsPerRun(1000, call); n != 0 {
 			t.Errorf("%s: %v allocations per Verify", name, n)
