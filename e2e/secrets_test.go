@@ -160,8 +160,15 @@ func newLeakHunt(t *testing.T) *leakHunt {
 	h.deleted = create("alpha", "to delete", "READ_CALL_TOKEN")
 	create("alpha", "ci")
 	create("beta", "beta one", "CREATE_CALL_TOKEN")
-	create("beta", "beta two")
+	two := create("beta", "beta two")
 	s.deleteKey("alpha", h.deleted.id)
+	// A roll shows a new secret once too.
+	r := s.do("POST", "/v1/teams/beta/api-keys/"+two.id+"/roll", h.memB, map[string]any{"grace_seconds": 3600})
+	if r.status != 201 {
+		t.Fatalf("roll: %d %s", r.status, r.body)
+	}
+	rolled := r.json(t)
+	h.keys = append(h.keys, createdKey{team: "beta", id: rolled["id"].(string), key: rolled["key"].(string)})
 
 	// Snapshots are written every 32 events of a team.
 	for i := range 20 {
