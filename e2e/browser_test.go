@@ -2,11 +2,19 @@ package e2e
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +22,9 @@ import (
 	cdpruntime "github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
+	"github.com/telapi/telkeys/auth"
 	"github.com/telapi/telkeys/bus"
+	"github.com/telapi/telkeys/bus/bustest"
 	"github.com/telapi/telkeys/node"
 	"github.com/telapi/telkeys/service"
 )
@@ -164,11 +174,16 @@ type uiFlow struct {
 	admin, member *page
 	secret        string // the first key's plaintext, as shown once
 	masked        string // and as listed
+	rolled        string // worker's key after the roll, as listed
+	leakSigner    *ecdsa.PrivateKey
 }
 
 func TestBrowserAPIKeysFlow(t *testing.T) {
 	alloc := browserFor(t)
-	f := &uiFlow{s: startService(t, func(c *service.Config) { c.DevLogin = true }), admin: newPage(t, alloc), member: newPage(t, alloc)}
+	// Leak reports come signed by a key of our own in GitHub's place.
+	signer, leakKeys := browserLeakKeys(t)
+	s := startService(t, func(c *service.Config) { c.DevLogin, c.LeakReportKeys = true, leakKeys })
+	f := &uiFlow{s: s, admin: newPage(t, alloc), member: newPage(t, alloc), leakSigner: signer}
 	for _, step := range []struct {
 		name string
 		run  func(*uiFlow, *testing.T)
@@ -179,6 +194,10 @@ func TestBrowserAPIKeysFlow(t *testing.T) {
 		{"the table shows the key masked", (*uiFlow).keyListedMasked},
 		{"Create is disabled at max keys", (*uiFlow).atMaxKeys},
 		{"a delete with confirmation", (*uiFlow).deleteWithConfirmation},
+		{"a roll with a grace period", (*uiFlow).rollWithGrace},
+		{"a key disabled and enabled again", (*uiFlow).disableAndEnable},
+		{"an expired key can only be deleted", (*uiFlow).expiredKey},
+		{"a leaked key is named in a banner", (*uiFlow).leakBanner},
 		{"a superadmin disables the team", (*uiFlow).adminDisablesTeam},
 		{"a superadmin sees no TelAPI node yet", (*uiFlow).adminSeesNoNodes},
 		{"a superadmin sees a node that reported", (*uiFlow).adminSeesNode},
@@ -325,6 +344,214 @@ func (f *uiFlow) deleteWithConfirmation(t *testing.T) {
 	member.click("#confirm-delete")
 	member.until("row removed", "document.querySelectorAll('#keys-table tbody tr').length === 1 && document.querySelector('#stat-keys').textContent.includes('1 / 2')")
 	member.shot("6-after-delete")
+}
+
+// uiKeyRow is a key's row as the test reads it.
+type uiKeyRow struct {
+	Name    string   `json:"name"`
+	Masked  string   `json:"masked"`
+	Tags    []string `json:"tags"`
+	Expires string   `json:"expires"`
+	Title   string   `json:"title"` // the absolute expiry, on hover
+	Actions []string `json:"actions"`
+}
+
+const uiKeyRowsJS = `[...document.querySelectorAll('#keys-table tbody tr')].map(r => ({
+	name: r.cells[0].firstChild.textContent,
+	masked: r.querySelector('code')?.textContent ?? '',
+	tags: [...r.querySelectorAll('.tag')].map(t => t.textContent),
+	expires: r.cells[4]?.textContent ?? '',
+	title: r.cells[4]?.querySelector('time')?.title ?? '',
+	actions: [...r.querySelectorAll('.cell-actions button')].map(b => b.textContent),
+}))`
+
+// rows returns the keys table's rows by masked key.
+func (p *page) rows() map[string]uiKeyRow {
+	p.t.Helper()
+	var list []uiKeyRow
+	p.js(uiKeyRowsJS, &list)
+	rows := map[string]uiKeyRow{}
+	for _, r := range list {
+		rows[r.Masked] = r
+	}
+	return rows
+}
+
+// rowJS is a JS expression for the row of the key listed as masked.
+func uiRowJS(masked string) string {
+	return fmt.Sprintf("[...document.querySelectorAll('#keys-table tbody tr')].find(r => r.querySelector('code')?.textContent === %q)", masked)
+}
+
+// rollWithGrace: worker is rolled with a grace period of 1 hour; the new
+// secret is shown in the create's secret dialog, and the old key stays
+// listed, expiring in 1 h, with no Roll of its own. The pair counts as one.
+func (f *uiFlow) rollWithGrace(t *testing.T) {
+	member := f.member
+	old := member.rows()
+	if len(old) != 1 {
+		t.Fatalf("rows before the roll: %+v", old)
+	}
+	var worker uiKeyRow
+	for _, r := range old {
+		worker = r
+	}
+	member.click("#keys-table button[data-roll]")
+	member.until("roll dialog", dialogOpen("#roll-dialog"))
+	var graces []string
+	member.js(`[...document.querySelectorAll('#roll-dialog input[name=grace]')].map(c => c.value)`, &graces)
+	if strings.Join(graces, ",") != "0,3600,86400,604800" {
+		t.Fatalf("grace choices %v", graces)
+	}
+	member.js(`document.querySelector('#roll-dialog input[name=grace][value="3600"]').checked = true`, nil)
+	member.shot("6a-roll-dialog")
+	member.click("#roll-submit")
+	member.until("secret dialog", dialogOpen("#secret-dialog")+" && !document.querySelector('#roll-dialog').open")
+	var secret string
+	member.js(`document.querySelector('#secret-value').value`, &secret)
+	if !strings.HasPrefix(secret, "tk_") || strings.Contains(worker.Masked, secret[len(secret)-4:]) {
+		t.Fatalf("secret after the roll %q (old key %s)", secret, worker.Masked)
+	}
+	if note := member.text("#secret-note"); !strings.Contains(note, "worker") || !strings.Contains(note, "in 1 hour") {
+		t.Fatalf("note %q", note)
+	}
+	member.shot("6b-rolled-secret")
+	member.click("#secret-close")
+	f.rolled = "tk_…" + secret[len(secret)-4:]
+	member.until("two rows", "document.querySelectorAll('#keys-table tbody tr').length === 2 && "+uiRowJS(f.rolled))
+	rows := member.rows()
+	o, n := rows[worker.Masked], rows[f.rolled]
+	if o.Name != "worker" || o.Expires != "expires in 1 h" || o.Title == "" || !slices.Contains(o.Tags, "replaced") ||
+		slices.Contains(o.Actions, "Roll") || !slices.Contains(o.Actions, "Disable") {
+		t.Fatalf("old key's row %+v", o)
+	}
+	if n.Name != "worker" || n.Expires != "never" || len(n.Tags) != 0 || !slices.Equal(n.Actions, []string{"Roll", "Disable", "Delete"}) {
+		t.Fatalf("new key's row %+v", n)
+	}
+	if s := member.text("#stat-keys"); !strings.Contains(s, "1 / 2") {
+		t.Fatalf("a rolled pair counts as one: %q", s)
+	}
+	if strings.Contains(member.html(), secret) {
+		t.Fatal("the new plaintext key is still in the page after its dialog closed")
+	}
+	member.shot("6c-rolled")
+}
+
+// disableAndEnable: the new worker key disabled is marked so; enabled
+// again, the mark goes.
+func (f *uiFlow) disableAndEnable(t *testing.T) {
+	member := f.member
+	var id string
+	member.js(uiRowJS(f.rolled)+".querySelector('[data-toggle]').dataset.toggle", &id)
+	toggle := fmt.Sprintf("button[data-toggle=%q]", id)
+	member.click(toggle)
+	member.until("marked disabled", fmt.Sprintf("(r => r && r.classList.contains('off') && r.querySelector('.tag')?.textContent === 'disabled')(%s)", uiRowJS(f.rolled)))
+	if r := member.rows()[f.rolled]; !slices.Equal(r.Actions, []string{"Roll", "Enable", "Delete"}) {
+		t.Fatalf("disabled key's row %+v", r)
+	}
+	member.shot("6d-disabled")
+	member.click(toggle)
+	member.until("enabled again", fmt.Sprintf("(r => r && !r.classList.contains('off') && !r.querySelector('.tag'))(%s)", uiRowJS(f.rolled)))
+	if r := member.rows()[f.rolled]; !slices.Equal(r.Actions, []string{"Roll", "Disable", "Delete"}) {
+		t.Fatalf("enabled key's row %+v", r)
+	}
+}
+
+// expiredKey: a key created (through the API) to expire in 3 seconds is
+// listed "expired" once it has, with Delete its only action.
+func (f *uiFlow) expiredKey(t *testing.T) {
+	s, member := f.s.withT(t), f.member
+	tok := s.token(auth.RoleMember, "acme")
+	until := time.Now().Add(3 * time.Second).UTC().Format(time.RFC3339Nano)
+	r := s.do("POST", "/v1/teams/acme/api-keys", tok, map[string]any{"name": "short-lived", "scopes": []string{"READ_TEAM_APPS"}, "expires_at": until})
+	if r.status != 201 {
+		t.Fatalf("create a key that expires: %d %s", r.status, r.body)
+	}
+	masked := r.json(t)["masked"].(string)
+	type listed struct {
+		Masked  string `json:"masked"`
+		Expired bool   `json:"expired"`
+	}
+	bustest.Eventually(t, 20*time.Second, "the key listed expired", func() bool {
+		var list struct{ Keys []listed }
+		if err := json.Unmarshal(s.do("GET", "/v1/teams/acme/api-keys", tok, nil).body, &list); err != nil {
+			return false
+		}
+		return slices.ContainsFunc(list.Keys, func(k listed) bool { return k.Masked == masked && k.Expired })
+	})
+	member.open(f.s.base)
+	member.until("the expired key listed", uiRowJS(masked))
+	if r := member.rows()[masked]; r.Expires != "expired" || r.Title == "" || !slices.Equal(r.Actions, []string{"Delete"}) {
+		t.Fatalf("expired key's row %+v", r)
+	}
+	if n := member.text("#stat-keys"); !strings.Contains(n, "1 / 2") {
+		t.Fatalf("an expired key counts no more: %q", n)
+	}
+	member.shot("6e-expired")
+}
+
+// leakBanner: a key reported leaked by a signed report in GitHub's shape
+// is revoked, and the tab names it, its URL (a link, as text) and when.
+func (f *uiFlow) leakBanner(t *testing.T) {
+	member := f.member
+	secret := f.createKey(t, "ci", "CREATE_CALL_TOKEN")
+	member.click("#secret-close")
+	member.until("2 / 2", "document.querySelector('#stat-keys').textContent.includes('2 / 2')")
+	// Markup in the URL must come out as text.
+	const url = "https://github.com/octo/repo/blob/main/.env?x=<b>bold</b>"
+	body, _ := json.Marshal([]map[string]string{{"token": secret, "type": "telapi_api_key", "url": url, "source": "content"}})
+	digest := sha256.Sum256(body)
+	sig, err := ecdsa.SignASN1(rand.Reader, f.leakSigner, digest[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := f.s.withT(t).send("POST", "/v1/leaks/github", map[string]string{
+		"Content-Type": "application/json", "Github-Public-Key-Identifier": "k1", "Github-Public-Key-Signature": base64.StdEncoding.EncodeToString(sig),
+	}, body)
+	if r.status != 200 || !strings.Contains(string(r.body), `"label":"true_positive"`) {
+		t.Fatalf("leak report: %d %s", r.status, r.body)
+	}
+	member.open(f.s.base)
+	member.until("leak banner", visible("#leak-banner")+" && document.querySelector('#leak-list li')")
+	text := member.text("#leak-list li")
+	if !strings.HasPrefix(text, `Key "ci" was found in public at `+url+" on ") || !strings.HasSuffix(text, " and was revoked.") {
+		t.Fatalf("banner %q", text)
+	}
+	var link struct {
+		Href, Rel, Text string
+		Time, Bold      bool
+	}
+	member.js(`(l => ({href: l.querySelector('a').getAttribute('href'), rel: l.querySelector('a').rel, text: l.querySelector('a').textContent,
+		time: !!l.querySelector('time[datetime]'), bold: !!document.querySelector('#leak-banner b')}))(document.querySelector('#leak-list li'))`, &link)
+	if link.Href != url || link.Text != url || link.Rel != "noopener noreferrer" || !link.Time || link.Bold {
+		t.Fatalf("banner link %+v", link)
+	}
+	// Revoked, the key is gone from the list and no longer counts.
+	member.until("ci gone", "![...document.querySelectorAll('#keys-table tbody th')].some(c => c.firstChild.textContent === 'ci')")
+	if s := member.text("#stat-keys"); !strings.Contains(s, "1 / 2") {
+		t.Fatalf("after the revocation: %q", s)
+	}
+	member.shot("6f-leak-banner")
+}
+
+// browserLeakKeys makes a P-256 key to sign leak reports with, and the
+// file, in the shape of GitHub's list, that names its public half k1.
+func browserLeakKeys(t *testing.T) (*ecdsa.PrivateKey, string) {
+	t.Helper()
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(&priv.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemKey := string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+	list, _ := json.Marshal(map[string]any{"public_keys": []map[string]any{{"key_identifier": "k1", "key": pemKey, "is_current": true}}})
+	file := filepath.Join(t.TempDir(), "leak-report-keys.json")
+	if err := os.WriteFile(file, list, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return priv, file
 }
 
 // adminDisablesTeam: the member's tab disappears, and with it the keys.

@@ -72,6 +72,7 @@ export const api = {
   get: (path, opts) => request('GET', path, undefined, opts),
   put: (path, body) => request('PUT', path, body),
   post: (path, body) => request('POST', path, body),
+  patch: (path, body) => request('PATCH', path, body),
   del: (path) => request('DELETE', path),
 };
 

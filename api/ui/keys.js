@@ -1,19 +1,23 @@
-// Settings → API Keys: stats, key list, create (secret shown once), delete.
+// Settings → API Keys: stats, leak banner, key list, create and roll
+// (secret shown once), disable/enable, delete.
 import { api, teamPath } from './api.js';
-import { $, $$, h, chips, timeEl, emptyRow, plural, run, setupDialog, openDialog, handOver } from './ui.js';
+import { $, $$, h, chips, timeEl, untilEl, emptyRow, plural, run, setupDialog, openDialog, handOver } from './ui.js';
 
 let team = null;
 let stats = null;
-const names = new Map(); // key id → name, for the confirmation text
+const byId = new Map(); // key id → key as listed, for the actions
 let pendingDelete = null;
+let pendingRoll = null; // the key the roll dialog is for
 let deleted = false;
 
 export function resetKeys() {
   team = null;
   stats = null;
-  names.clear();
+  byId.clear();
   pendingDelete = null;
+  pendingRoll = null;
   $('#keys-table tbody').replaceChildren();
+  renderLeaks([]);
   $('#api-keys-content').hidden = true;
   $('#api-keys-disabled').hidden = true;
 }
@@ -35,15 +39,16 @@ export async function loadKeys(forTeam) {
 
 function showDisabled() {
   stats = null;
-  names.clear();
+  byId.clear();
   $('#keys-table tbody').replaceChildren();
+  renderLeaks([]);
   $('#api-keys-content').hidden = true;
   $('#api-keys-disabled').hidden = false;
   $('#tab-api-keys').hidden = true; // the tab shows only while access is enabled
-  for (const d of $$('#create-dialog, #confirm-dialog')) if (d.open) d.close();
+  for (const d of $$('#create-dialog, #roll-dialog, #confirm-dialog')) if (d.open) d.close();
 }
 
-function render({ keys, stats: s }) {
+function render({ keys, stats: s, leaks }) {
   stats = s;
   $('#api-keys-disabled').hidden = true;
   $('#tab-api-keys').hidden = false;
@@ -64,19 +69,52 @@ function render({ keys, stats: s }) {
   $('#create-disabled-reason').hidden = reason === '';
   if (hadFocus && create.disabled) $('#panel-api-keys h1').focus();
 
-  names.clear();
+  renderLeaks(leaks ?? []);
+  byId.clear();
+  const now = Date.now();
   const rows = keys.map((k) => {
-    names.set(k.id, k.name);
-    return h('tr', {},
-      h('th', { scope: 'row' }, k.name),
-      h('td', {}, h('span', { class: 'chips' }, chips(k.scopes))),
-      h('td', {}, timeEl(k.created_at)),
-      h('td', {}, k.last_used_at ? timeEl(k.last_used_at) : 'never'),
-      h('td', {}, h('code', {}, k.masked)),
-      h('td', { class: 'cell-actions' },
-        h('button', { type: 'button', class: 'danger small', 'data-delete': k.id, 'aria-label': `Delete key ${k.name}` }, 'Delete')));
+    byId.set(k.id, k);
+    return keyRow(k, now);
   });
-  $('#keys-table tbody').replaceChildren(...(rows.length ? rows : [emptyRow(6, 'No API keys yet.')]));
+  $('#keys-table tbody').replaceChildren(...(rows.length ? rows : [emptyRow(7, 'No API keys yet.')]));
+}
+
+// keyRow is one key. Tags by its name mark it replaced (rolled, in its grace
+// period), disabled or leaked. A key rolled before or expired cannot be
+// rolled, and an expired one can only be deleted.
+function keyRow(k, now) {
+  const expired = k.expired || (k.expires_at != null && Date.parse(k.expires_at) <= now);
+  const tag = (text, cls, title) => h('span', { class: `tag ${cls}`, title }, text);
+  return h('tr', { class: k.enabled ? null : 'off' },
+    h('th', { scope: 'row' }, k.name,
+      k.replaced_by && tag('replaced', 'muted', 'Rolled: a new key replaces this one'),
+      !k.enabled && tag('disabled', 'muted', 'Disabled: requests with this key are refused'),
+      k.leak && tag('leaked', 'danger', `Found in public at ${k.leak.url}`)),
+    h('td', {}, h('span', { class: 'chips' }, chips(k.scopes))),
+    h('td', {}, timeEl(k.created_at)),
+    h('td', {}, k.last_used_at ? timeEl(k.last_used_at) : 'never'),
+    h('td', { class: expired ? 'expired' : null }, k.expires_at ? untilEl(k.expires_at, 'expires in', 'expired', now) : 'never'),
+    h('td', {}, h('code', {}, k.masked)),
+    h('td', { class: 'cell-actions' },
+      !expired && !k.replaced_by && h('button', { type: 'button', class: 'small', 'data-roll': k.id, 'aria-label': `Roll key ${k.name}` }, 'Roll'),
+      !expired && h('button', { type: 'button', class: 'small', 'data-toggle': k.id, 'aria-label': `${k.enabled ? 'Disable' : 'Enable'} key ${k.name}` }, k.enabled ? 'Disable' : 'Enable'),
+      h('button', { type: 'button', class: 'danger small', 'data-delete': k.id, 'aria-label': `Delete key ${k.name}` }, 'Delete')));
+}
+
+// renderLeaks names each leak report in the banner, newest first. Server
+// strings go in as text; a URL becomes a link only if it is http(s).
+function renderLeaks(leaks) {
+  const items = [...leaks].reverse().map((l) => h('li', {},
+    `Key "${l.name}" was found in public at `, linkTo(l.url), ' on ', timeEl(l.at),
+    l.revoked ? ' and was revoked.' : ' and is marked leaked.'));
+  $('#leak-list').replaceChildren(...items);
+  $('#leak-banner').hidden = items.length === 0;
+}
+
+function linkTo(url) {
+  let web = false;
+  try { web = ['http:', 'https:'].includes(new URL(url).protocol); } catch { /* not a URL */ }
+  return web ? h('a', { href: url, target: '_blank', rel: 'noopener noreferrer' }, url) : h('code', {}, url);
 }
 
 function openCreate() {
@@ -102,13 +140,65 @@ async function submitCreate(ev) {
   submit.disabled = true;
   await run(async () => {
     const created = await api.post(`${teamPath(team)}/api-keys`, { name, scopes });
-    // The plaintext goes to exactly one place: the secret dialog's input.
-    $('#secret-value').value = created.key;
-    created.key = '';
-    $('#copy-status').textContent = '';
-    handOver($('#create-dialog'), $('#secret-dialog'));
+    showSecret($('#create-dialog'), created);
   });
   submit.disabled = false;
+}
+
+// showSecret hands over from a dialog to the secret dialog, showing the
+// key just made (with a note, for a roll).
+function showSecret(from, created, note = '') {
+  // The plaintext goes to exactly one place: the secret dialog's input.
+  $('#secret-value').value = created.key;
+  created.key = '';
+  $('#secret-note').textContent = note;
+  $('#secret-note').hidden = !note;
+  $('#copy-status').textContent = '';
+  handOver(from, $('#secret-dialog'));
+}
+
+function openRoll(btn) {
+  const k = byId.get(btn.dataset.roll);
+  if (!k) return;
+  pendingRoll = k;
+  $('#roll-form').reset();
+  $('#roll-title').textContent = `Roll API key ${k.name}`;
+  $('#roll-text').textContent = `A new key with the same name and scopes replaces ${k.name} (${k.masked}). Its secret is shown once.`;
+  $('#roll-submit').disabled = false;
+  openDialog($('#roll-dialog'), btn);
+}
+
+async function submitRoll(ev) {
+  ev.preventDefault();
+  const k = pendingRoll;
+  const choice = $('input[name=grace]:checked', $('#roll-form'));
+  if (!k || !choice) return;
+  const grace = Number(choice.value);
+  const when = choice.parentElement.textContent.trim().toLowerCase(); // "in 1 hour"
+  const submit = $('#roll-submit');
+  submit.disabled = true;
+  await run(async () => {
+    const rolled = await api.post(`${teamPath(team)}/api-keys/${encodeURIComponent(k.id)}/roll`, { grace_seconds: grace });
+    showSecret($('#roll-dialog'), rolled, grace === 0
+      ? `It replaces ${k.name} (${k.masked}), which has stopped working.`
+      : `It replaces ${k.name} (${k.masked}), which stops working ${when}.`);
+  });
+  submit.disabled = false;
+}
+
+// toggleKey disables or enables a key, then lists the keys again.
+async function toggleKey(btn) {
+  const k = byId.get(btn.dataset.toggle);
+  if (!k) return;
+  const hadFocus = document.activeElement === btn;
+  btn.disabled = true;
+  await run(async () => {
+    await api.patch(`${teamPath(team)}/api-keys/${encodeURIComponent(k.id)}`, { enabled: !k.enabled });
+    await loadKeys();
+  });
+  btn.disabled = false;
+  // The row is drawn anew: the focus goes to its new toggle.
+  if (hadFocus) $(`button[data-toggle="${CSS.escape(k.id)}"]`)?.focus();
 }
 
 function clearBoxValidity(ev) {
@@ -140,10 +230,12 @@ async function copySecret() {
 }
 
 function onTableClick(ev) {
-  const btn = ev.target.closest('button[data-delete]');
-  if (!btn) return;
+  const btn = ev.target.closest('button');
+  if (btn?.dataset.roll) return openRoll(btn);
+  if (btn?.dataset.toggle) return toggleKey(btn);
+  if (!btn?.dataset.delete) return;
   pendingDelete = btn.dataset.delete;
-  $('#confirm-text').textContent = `Delete key ${names.get(pendingDelete) ?? pendingDelete}? It stops working immediately.`;
+  $('#confirm-text').textContent = `Delete key ${byId.get(pendingDelete)?.name ?? pendingDelete}? It stops working immediately.`;
   $('#confirm-delete').disabled = false;
   openDialog($('#confirm-dialog'), btn);
 }
@@ -165,6 +257,7 @@ export function initKeys() {
   $('#create-key').addEventListener('click', openCreate);
   $('#create-form').addEventListener('submit', submitCreate);
   $('#create-form').addEventListener('input', clearBoxValidity);
+  $('#roll-form').addEventListener('submit', submitRoll);
   $('#copy-secret').addEventListener('click', copySecret);
   $('#secret-close').addEventListener('click', () => $('#secret-dialog').close());
   $('#keys-table tbody').addEventListener('click', onTableClick);
@@ -172,6 +265,7 @@ export function initKeys() {
   $('#confirm-delete').addEventListener('click', confirmDelete);
   const toCreate = () => $('#create-key');
   setupDialog($('#create-dialog'), null, toCreate);
+  setupDialog($('#roll-dialog'), () => { pendingRoll = null; }, toCreate);
   setupDialog($('#confirm-dialog'), async () => {
     pendingDelete = null;
     if (deleted) {
@@ -182,6 +276,7 @@ export function initKeys() {
   // Closing the secret dialog (button or Escape) erases the plaintext.
   setupDialog($('#secret-dialog'), async () => {
     $('#secret-value').value = '';
+    $('#secret-note').textContent = '';
     $('#copy-status').textContent = '';
     if (team) await run(() => loadKeys());
   }, toCreate);

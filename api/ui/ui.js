@@ -19,15 +19,37 @@ export function chips(list) {
   return list.map((s) => h('span', { class: 'chip' }, s));
 }
 
+const localTime = (d) => d.toLocaleString(undefined, {
+  year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit', timeZoneName: 'short',
+});
+
 // timeEl shows an RFC 3339 time in the user's locale and time zone, named,
 // with UTC on hover.
 export function timeEl(iso) {
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return document.createTextNode(String(iso));
   const utc = `${d.toISOString().slice(0, 19).replace('T', ' ')} UTC`;
-  return h('time', { datetime: iso, title: utc }, d.toLocaleString(undefined, {
-    year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit', timeZoneName: 'short',
-  }));
+  return h('time', { datetime: iso, title: utc }, localTime(d));
+}
+
+// inWords is a duration, rounded to one unit: "45 s", "20 min", "3 h",
+// "6 days". Hours up to 2 days: "36 h" says more than "2 days".
+export function inWords(ms) {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return `${s} s`;
+  if (Math.round(s / 60) < 60) return `${Math.round(s / 60)} min`;
+  if (Math.round(s / 3600) < 48) return `${Math.round(s / 3600)} h`;
+  return plural(Math.round(s / 86400), 'day');
+}
+
+// untilEl shows how far away an RFC 3339 time is ("expires in 3 h" with
+// prefix "expires in"), or passed ("expired") once it is, the time itself
+// on hover.
+export function untilEl(iso, prefix, passed, now = Date.now()) {
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return document.createTextNode(String(iso));
+  const text = d.getTime() <= now ? passed : `${prefix} ${inWords(d.getTime() - now)}`;
+  return h('time', { datetime: iso, title: localTime(d) }, text);
 }
 
 export function emptyRow(cols, text) {
