@@ -389,20 +389,28 @@ func (s *Server) createKey(c *fiber.Ctx) error {
 	return c.Status(fiber.StatusCreated).JSON(s.createdJSON(k))
 }
 
+// keyParams reads {team} and {id} of a route that changes one key, which
+// members of the team and superadmins may use.
+func keyParams(c *fiber.Ctx) (team, id string, cl auth.Claims, err error) {
+	if team, err = teamParam(c); err != nil {
+		return "", "", cl, err
+	}
+	if cl, err = allowTeam(c, team, true, auth.RoleSuperadmin); err != nil {
+		return "", "", cl, err
+	}
+	id = c.Params("id")
+	if !commands.ValidKeyID(id) {
+		return "", "", cl, badRequest("key id must be key_ followed by a ULID")
+	}
+	return team, id, cl, nil
+}
+
 // rollKey replaces a key with a new one; the old one keeps working for
 // grace_seconds.
 func (s *Server) rollKey(c *fiber.Ctx) error {
-	team, err := teamParam(c)
+	team, id, cl, err := keyParams(c)
 	if err != nil {
 		return err
-	}
-	cl, err := allowTeam(c, team, true, auth.RoleSuperadmin)
-	if err != nil {
-		return err
-	}
-	id := c.Params("id")
-	if !commands.ValidKeyID(id) {
-		return badRequest("key id must be key_ followed by a ULID")
 	}
 	var body rollKeyBody
 	if err := decodeBody(c, &body); err != nil {
@@ -425,17 +433,9 @@ func (s *Server) rollKey(c *fiber.Ctx) error {
 
 // patchKey disables or enables a key, or renames it.
 func (s *Server) patchKey(c *fiber.Ctx) error {
-	team, err := teamParam(c)
+	team, id, cl, err := keyParams(c)
 	if err != nil {
 		return err
-	}
-	cl, err := allowTeam(c, team, true, auth.RoleSuperadmin)
-	if err != nil {
-		return err
-	}
-	id := c.Params("id")
-	if !commands.ValidKeyID(id) {
-		return badRequest("key id must be key_ followed by a ULID")
 	}
 	var body patchKeyBody
 	if err := decodeBody(c, &body); err != nil {
@@ -460,17 +460,9 @@ func (s *Server) patchKey(c *fiber.Ctx) error {
 }
 
 func (s *Server) deleteKey(c *fiber.Ctx) error {
-	team, err := teamParam(c)
+	team, id, cl, err := keyParams(c)
 	if err != nil {
 		return err
-	}
-	cl, err := allowTeam(c, team, true, auth.RoleSuperadmin)
-	if err != nil {
-		return err
-	}
-	id := c.Params("id")
-	if !commands.ValidKeyID(id) {
-		return badRequest("key id must be key_ followed by a ULID")
 	}
 	res, err := s.cfg.Commands.DeleteKey(c.UserContext(), actor(cl), team, id, cl.Role == auth.RoleMember)
 	if err != nil {

@@ -2,14 +2,7 @@ package e2e
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"os"
 	"os/exec"
@@ -175,15 +168,15 @@ type uiFlow struct {
 	secret        string // the first key's plaintext, as shown once
 	masked        string // and as listed
 	rolled        string // worker's key after the roll, as listed
-	leakSigner    *ecdsa.PrivateKey
+	leaks         *leakSigner
 }
 
 func TestBrowserAPIKeysFlow(t *testing.T) {
 	alloc := browserFor(t)
 	// Leak reports come signed by a key of our own in GitHub's place.
-	signer, leakKeys := browserLeakKeys(t)
-	s := startService(t, func(c *service.Config) { c.DevLogin, c.LeakReportKeys = true, leakKeys })
-	f := &uiFlow{s: s, admin: newPage(t, alloc), member: newPage(t, alloc), leakSigner: signer}
+	leaks := newLeakSigner(t)
+	s := startService(t, func(c *service.Config) { c.DevLogin, c.LeakReportKeys = true, leaks.file })
+	f := &uiFlow{s: s, admin: newPage(t, alloc), member: newPage(t, alloc), leaks: leaks}
 	for _, step := range []struct {
 		name string
 		run  func(*uiFlow, *testing.T)
@@ -499,14 +492,7 @@ func (f *uiFlow) leakBanner(t *testing.T) {
 	// Markup in the URL must come out as text.
 	const url = "https://github.com/octo/repo/blob/main/.env?x=<b>bold</b>"
 	body, _ := json.Marshal([]map[string]string{{"token": secret, "type": "telapi_api_key", "url": url, "source": "content"}})
-	digest := sha256.Sum256(body)
-	sig, err := ecdsa.SignASN1(rand.Reader, f.leakSigner, digest[:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := f.s.withT(t).send("POST", "/v1/leaks/github", map[string]string{
-		"Content-Type": "application/json", "Github-Public-Key-Identifier": "k1", "Github-Public-Key-Signature": base64.StdEncoding.EncodeToString(sig),
-	}, body)
+	r := f.s.withT(t).send("POST", "/v1/leaks/github", f.leaks.headers(body), body)
 	if r.status != 200 || !strings.Contains(string(r.body), `"label":"true_positive"`) {
 		t.Fatalf("leak report: %d %s", r.status, r.body)
 	}
@@ -531,27 +517,6 @@ func (f *uiFlow) leakBanner(t *testing.T) {
 		t.Fatalf("after the revocation: %q", s)
 	}
 	member.shot("6f-leak-banner")
-}
-
-// browserLeakKeys makes a P-256 key to sign leak reports with, and the
-// file, in the shape of GitHub's list, that names its public half k1.
-func browserLeakKeys(t *testing.T) (*ecdsa.PrivateKey, string) {
-	t.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKIXPublicKey(&priv.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pemKey := string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
-	list, _ := json.Marshal(map[string]any{"public_keys": []map[string]any{{"key_identifier": "k1", "key": pemKey, "is_current": true}}})
-	file := filepath.Join(t.TempDir(), "leak-report-keys.json")
-	if err := os.WriteFile(file, list, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return priv, file
 }
 
 // adminDisablesTeam: the member's tab disappears, and with it the keys.
