@@ -28,7 +28,7 @@ func loaded(b *testing.B, n int) (*Validator, []string) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		v.st.putKey(apikey.HashOf(k), &key{id: fmt.Sprintf("key_%026d", i), team: t, scopes: ScopeReadTeamApps})
+		v.st.putKey(apikey.HashOf(k), []byte(fmt.Sprintf("key_%026d", i)), t, ScopeReadTeamApps, 1, 0, false)
 		if i%max(1, n/1024) == 0 && len(probes) < 1024 {
 			probes = append(probes, k)
 		}

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -151,11 +150,11 @@ func (v *Validator) encodeIndex() (uint64, []byte) {
 		b = appendString(b, string(last))
 	})
 
+	// Teams in slot order: a key names its team by slot.
 	s.teamsMu.RLock()
-	index := make(map[*team]uint64, len(s.teams))
-	b = binary.AppendUvarint(b, uint64(len(s.teams)))
-	for _, t := range s.teams {
-		index[t] = uint64(len(index))
+	teams := *s.teamList.Load()
+	b = binary.AppendUvarint(b, uint64(len(teams)))
+	for _, t := range teams {
 		b = appendString(b, t.name)
 		cfg := t.cfg.Load()
 		b = append(b, boolByte(cfg != nil))
@@ -168,14 +167,14 @@ func (v *Validator) encodeIndex() (uint64, []byte) {
 	s.teamsMu.RUnlock()
 
 	b = binary.AppendUvarint(b, uint64(s.keysCount.Load()))
-	s.eachKey(func(k *key) {
+	s.eachKey(func(slot uint32, k *record) {
 		b = append(b, k.hash[:]...)
-		b = binary.AppendUvarint(b, index[k.team])
+		b = binary.AppendUvarint(b, uint64(k.team))
 		b = append(b, byte(k.scopes))
 		b = binary.AppendUvarint(b, k.seq)
-		b = appendString(b, k.id)
+		b = appendString(b, s.table.id(slot))
 		b = binary.AppendVarint(b, k.expiresAt.Load())
-		b = append(b, boolByte(k.disabled.Load()))
+		b = append(b, boolByte(k.has(flagDisabled)))
 	})
 	return seq, b
 }
@@ -280,35 +279,22 @@ func (v *Validator) decodeIndex(r *bufio.Reader, lastSeq, size uint64) (uint64, 
 		return 0, fmt.Errorf("%w: bad key count", errIndexFormat)
 	}
 	s.presize(int(n))
-	// One allocation for every key, and one for every id: a million small
-	// ones cost more than reading the index. A key deleted later keeps its
-	// slab alive; the slab is the size of the index.
-	slab := make([]key, n)
-	var ids strings.Builder
-	ids.Grow(int(n) * len(idExample))
-	ends := make([]uint32, n)
-	for i := range slab {
-		k := &slab[i]
+	// Straight into the table: no copy of the keys, no allocation per key.
+	for i := range n {
 		var h apikey.Hash
 		d.full(h[:])
 		ti := d.uvarint()
-		k.scopes, k.seq = ScopeSet(d.byte()), d.uvarint()
-		ids.Write(d.bytes())
+		scopes, seq := ScopeSet(d.byte()), d.uvarint()
+		id := d.bytes()
+		var expires int64
+		var disabled bool
 		if version >= 3 {
-			k.expiresAt.Store(d.varint())
-			k.disabled.Store(d.byte() == 1)
+			expires, disabled = d.varint(), d.byte() == 1
 		}
-		if d.err != nil || ti >= uint64(len(teams)) || ids.Len() > math.MaxUint32 {
+		if d.err != nil || ti >= uint64(len(teams)) {
 			return 0, fmt.Errorf("%w: key %d of %d is cut off or names no team", errIndexFormat, i, n)
 		}
-		k.team, ends[i] = teams[ti], uint32(ids.Len())
-		s.putKey(h, k) // nothing reads the state before New returns
-	}
-	all := ids.String() // the builder's bytes, not a copy
-	start := uint32(0)
-	for i := range slab {
-		slab[i].id = all[start:ends[i]]
-		start = ends[i]
+		s.putKey(h, id, teams[ti], scopes, seq, expires, disabled) // nothing reads the state before New returns
 	}
 	if d.err != nil {
 		return 0, fmt.Errorf("keyauth: key index: %w", d.err)
@@ -380,9 +366,6 @@ const (
 	minKeyEntry   = 32 + 1 + 1 + 1 + 1
 	minChainEntry = 1 + 1
 )
-
-// idExample has the length of a key id, to size the id block.
-const idExample = "key_01KMRJ7Z9Q2V4X6Y8A0C2E4G6J"
 
 func appendString(b []byte, s string) []byte {
 	return append(binary.AppendUvarint(b, uint64(len(s))), s...)

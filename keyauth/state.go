@@ -2,7 +2,6 @@ package keyauth
 
 import (
 	"crypto/sha256"
-	"encoding/binary"
 	"sync"
 	"sync/atomic"
 
@@ -63,58 +62,24 @@ type teamConfig struct {
 
 type team struct {
 	name  string
+	slot  uint32                     // its place in state.teamList
 	cfg   atomic.Pointer[teamConfig] // nil: never configured, disabled
 	usage usageCounter
 	quota quota
-}
-
-type key struct {
-	// hash is the key's SHA-256. The map holds its first 8 bytes; next is
-	// another key whose hash starts with the same 8 bytes (almost never).
-	hash   apikey.Hash
-	next   *key
-	id     string
-	team   *team
-	scopes ScopeSet
-	seq    uint64 // the KeyCreated event
-	// expiresAt is when the key stops working, unix ns (0: never);
-	// disabled is set while it is disabled. Events change them in place.
-	expiresAt atomic.Int64
-	disabled  atomic.Bool
-	// lastUsed is the unix second of the last successful verification;
-	// flushed is the value last written out; queued is set while the key
-	// waits in its shard's used list.
-	lastUsed atomic.Int64
-	flushed  int64
-	queued   atomic.Bool
-}
-
-const shards = 64
-
-// shard maps the first 8 bytes of a key's hash to the key: 16-byte map
-// slots instead of 40, so that a lookup among a million keys touches fewer
-// cache lines, and the heap is smaller.
-type shard struct {
-	mu sync.RWMutex
-	m  map[uint64]*key
-	// used lists the keys verified since the last last-used flush, so
-	// that the flush need not look at every key: at a million keys that
-	// scan took a fifth of a core.
-	usedMu sync.Mutex
-	used   []*key
-}
-
-func (s *state) shard(h apikey.Hash) (*shard, uint64) {
-	return &s.keys[h[8]%shards], binary.LittleEndian.Uint64(h[:8])
 }
 
 // state is everything the validator knows. Verify only reads it; one
 // goroutine at a time applies changes.
 type state struct {
 	keys [shards]shard
+	// table holds the keys themselves (table.go).
+	table table
 
 	teamsMu sync.RWMutex
 	teams   map[string]*team
+	// teamList is every team by slot, for keys to name theirs with 4
+	// bytes: appended under teamsMu, read without a lock.
+	teamList atomic.Pointer[[]*team]
 
 	webrtcOff atomic.Bool
 	flagSeq   uint64
@@ -134,8 +99,10 @@ type state struct {
 func (s *state) init(trusted *events.Keys) {
 	s.chain = events.NewChain(trusted)
 	for i := range s.keys {
-		s.keys[i].m = map[uint64]*key{}
+		s.keys[i].m = map[uint64]uint32{}
 	}
+	s.table = table{}
+	s.teamList.Store(&[]*team{})
 	s.keysCount.Store(0)
 	s.teams = map[string]*team{}
 	s.flagSeq = 0
@@ -151,53 +118,6 @@ func hashKey(k string) apikey.Hash {
 	return sha256.Sum256(buf[:n])
 }
 
-// presize makes room for n keys before a bulk load.
-func (s *state) presize(n int) {
-	for i := range s.keys {
-		if len(s.keys[i].m) == 0 {
-			s.keys[i].m = make(map[uint64]*key, n/shards+n/shards/8)
-		}
-	}
-}
-
-// markUsed queues k for the next last-used flush, once.
-func (s *state) markUsed(k *key) {
-	if !k.queued.CompareAndSwap(false, true) {
-		return
-	}
-	sh, _ := s.shard(k.hash)
-	sh.usedMu.Lock()
-	sh.used = append(sh.used, k)
-	sh.usedMu.Unlock()
-}
-
-// takeUsed returns the queued keys and empties the queues.
-func (s *state) takeUsed() []*key {
-	var out []*key
-	for i := range s.keys {
-		sh := &s.keys[i]
-		sh.usedMu.Lock()
-		out = append(out, sh.used...)
-		sh.used = sh.used[:0]
-		sh.usedMu.Unlock()
-	}
-	for _, k := range out {
-		k.queued.Store(false) // before lastUsed is read: a later use queues it again
-	}
-	return out
-}
-
-func (s *state) lookup(h apikey.Hash) *key {
-	sh, p := s.shard(h)
-	sh.mu.RLock()
-	k := sh.m[p]
-	for k != nil && k.hash != h {
-		k = k.next
-	}
-	sh.mu.RUnlock()
-	return k
-}
-
 func (s *state) team(name string) *team {
 	s.teamsMu.RLock()
 	t := s.teams[name]
@@ -208,8 +128,13 @@ func (s *state) team(name string) *team {
 	s.teamsMu.Lock()
 	defer s.teamsMu.Unlock()
 	if t = s.teams[name]; t == nil {
-		t = &team{name: name}
+		list := *s.teamList.Load()
+		t = &team{name: name, slot: uint32(len(list))}
 		s.teams[name] = t
+		// Readers hold earlier headers: appending past their length, or
+		// into a new array, never changes what they see.
+		list = append(list, t)
+		s.teamList.Store(&list)
 	}
 	return t
 }
@@ -233,64 +158,6 @@ func (s *state) eachTeam(f func(*team)) {
 	}
 }
 
-func (s *state) eachKey(f func(*key)) {
-	for i := range s.keys {
-		sh := &s.keys[i]
-		sh.mu.RLock()
-		for _, k := range sh.m {
-			for ; k != nil; k = k.next {
-				f(k)
-			}
-		}
-		sh.mu.RUnlock()
-	}
-}
-
-func (s *state) putKey(h apikey.Hash, k *key) {
-	k.hash = h
-	sh, p := s.shard(h)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	head, replaced := unlink(sh.m[p], h)
-	k.next, sh.m[p] = head, k
-	if !replaced {
-		s.keysCount.Add(1)
-	}
-}
-
-func (s *state) dropKey(h apikey.Hash) {
-	sh, p := s.shard(h)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	head, removed := unlink(sh.m[p], h)
-	if head == nil {
-		delete(sh.m, p)
-	} else {
-		sh.m[p] = head
-	}
-	if removed {
-		s.keysCount.Add(-1)
-	}
-}
-
-// unlink removes the key with hash h from a chain; the caller holds the
-// shard's write lock.
-func unlink(head *key, h apikey.Hash) (*key, bool) {
-	if head == nil {
-		return nil, false
-	}
-	if head.hash == h {
-		return head.next, true
-	}
-	for c := head; c.next != nil; c = c.next {
-		if c.next.hash == h {
-			c.next = c.next.next
-			return head, true
-		}
-	}
-	return head, false
-}
-
 // create stores the key a KeyCreated (or a KeyRolled) makes, unless the
 // state has it from that event or a later one.
 func (s *state) create(team string, seq uint64, e events.KeyCreated) {
@@ -301,11 +168,11 @@ func (s *state) create(team string, seq uint64, e events.KeyCreated) {
 	if existing := s.lookup(h); existing != nil && existing.seq >= seq {
 		return
 	}
-	k := &key{id: e.KeyID, team: s.team(team), scopes: scopesOf(e.Scopes), seq: seq}
+	var expires int64
 	if e.ExpiresAt != nil {
-		k.expiresAt.Store(e.ExpiresAt.UnixNano())
+		expires = e.ExpiresAt.UnixNano()
 	}
-	s.putKey(h, k)
+	s.putKey(h, []byte(e.KeyID), s.team(team), scopesOf(e.Scopes), seq, expires, false)
 }
 
 func (s *state) setConfig(t *team, seq uint64, enabled bool, allowed []string, limit *int64) {
@@ -363,7 +230,7 @@ func (s *state) apply(seq uint64, ev events.Envelope, p events.Payload) {
 			break
 		}
 		if k := s.lookup(apikey.Hash(e.Hash)); k != nil {
-			k.disabled.Store(!*e.Enabled)
+			k.setFlag(flagDisabled, !*e.Enabled)
 		}
 	case events.KeyLeaked:
 		if e.Revoked && len(e.Hash) == len(apikey.Hash{}) {

@@ -1,6 +1,7 @@
 package keyauth
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/telapi/telkeys/apikey"
@@ -18,20 +19,35 @@ func TestKeysSharingAHashPrefix(t *testing.T) {
 		hs[i][31] = byte(i + 1) // same first 8 bytes, different hashes
 	}
 	for i, h := range hs {
-		st.putKey(h, &key{id: "k" + string(rune('0'+i)), team: tm})
+		st.putKey(h, []byte("k"+string(rune('0'+i))), tm, 0, 1, 0, false)
 	}
 	if n := st.keysCount.Load(); n != 3 {
 		t.Fatalf("count %d, want 3", n)
 	}
+	id := func(h apikey.Hash) string {
+		slot, k := st.find(h)
+		if k == nil {
+			return ""
+		}
+		return st.table.id(slot)
+	}
 	for i, h := range hs {
-		if k := st.lookup(h); k == nil || k.id != "k"+string(rune('0'+i)) {
-			t.Fatalf("lookup %d: %+v", i, k)
+		if got := id(h); got != "k"+string(rune('0'+i)) {
+			t.Fatalf("lookup %d: %q", i, got)
 		}
 	}
-	st.putKey(hs[1], &key{id: "k1-again", team: tm}) // replaces, does not add
-	if n := st.keysCount.Load(); n != 3 || st.lookup(hs[1]).id != "k1-again" {
-		t.Fatalf("after replace: count %d, key %q", n, st.lookup(hs[1]).id)
+	st.putKey(hs[1], []byte("k1-again"), tm, 0, 2, 0, false) // replaces, does not add
+	if n := st.keysCount.Load(); n != 3 || id(hs[1]) != "k1-again" {
+		t.Fatalf("after replace: count %d, key %q", n, id(hs[1]))
 	}
+	long := "key_" + strings.Repeat("x", 40) // longer than a record's room
+	var lh apikey.Hash
+	lh[0] = 7
+	st.putKey(lh, []byte(long), tm, 0, 3, 0, false)
+	if id(lh) != long {
+		t.Fatalf("a long id comes back as %q", id(lh))
+	}
+	st.dropKey(lh)
 	var other apikey.Hash
 	other[0], other[31] = 9, 1
 	if st.lookup(other) != nil {
@@ -43,7 +59,7 @@ func TestKeysSharingAHashPrefix(t *testing.T) {
 		t.Fatal("drop removed the wrong keys")
 	}
 	seen := 0
-	st.eachKey(func(*key) { seen++ })
+	st.eachKey(func(uint32, *record) { seen++ })
 	if n := st.keysCount.Load(); n != 1 || seen != 1 {
 		t.Fatalf("count %d, eachKey %d, want 1", n, seen)
 	}

@@ -369,47 +369,43 @@ func (c *usageCounter) done(req *flushReq, ack *jetstream.PubAck, err error) boo
 func (v *Validator) flushLastUsed(ctx context.Context) {
 	used := v.st.takeUsed()
 	type pending struct {
-		k  *key
-		at int64
-		f  jetstream.PubAckFuture
+		slot uint32
+		f    jetstream.PubAckFuture
 	}
 	failed := 0
 	for len(used) > 0 {
 		if ctx.Err() != nil {
-			for _, k := range used {
-				v.st.markUsed(k)
+			for _, slot := range used {
+				v.st.markUsed(slot, v.st.table.rec(slot))
 			}
 			return
 		}
 		chunk := used[:min(len(used), 1000)]
 		used = used[len(chunk):]
 		var ps []pending
-		for _, k := range chunk {
-			lu := k.lastUsed.Load()
-			if lu <= k.flushed {
+		for _, slot := range chunk {
+			k := v.st.table.rec(slot)
+			if k.has(flagDead) {
 				continue
 			}
-			subject := bus.LastUsedSubject(k.team.name, k.id)
-			f, err := v.js.PublishAsync(subject, strconv.AppendInt(nil, lu, 10))
+			subject := bus.LastUsedSubject(v.st.teamAt(k.team).name, v.st.table.id(slot))
+			f, err := v.js.PublishAsync(subject, strconv.AppendUint(nil, uint64(k.lastUsed.Load()), 10))
 			if err != nil {
 				failed++
-				v.st.markUsed(k) // again next time
+				v.st.markUsed(slot, k) // again next time
 				continue
 			}
-			ps = append(ps, pending{k, lu, f})
+			ps = append(ps, pending{slot, f})
 		}
 		for _, p := range ps {
 			select {
 			case <-p.f.Ok():
-				// What was written, not what lastUsed is now: a use during
-				// the flush queued the key again.
-				p.k.flushed = max(p.k.flushed, p.at)
 			case <-p.f.Err():
 				failed++
-				v.st.markUsed(p.k)
+				v.st.markUsed(p.slot, v.st.table.rec(p.slot))
 			case <-ctx.Done():
 				failed++
-				v.st.markUsed(p.k)
+				v.st.markUsed(p.slot, v.st.table.rec(p.slot))
 			}
 		}
 	}

@@ -38,13 +38,13 @@ func (v *Validator) Verify(key, scope string) Result {
 	if !v.current(now) {
 		return Result{Code: Unavailable, Limit: -1}
 	}
-	k := v.st.lookup(hashKey(key))
+	slot, k := v.st.find(hashKey(key))
 	if k == nil {
 		return Result{Code: NotFound, Limit: -1}
 	}
-	t := k.team
-	r := Result{Team: t.name, KeyID: k.id, Limit: -1}
-	if k.disabled.Load() {
+	t := v.st.teamAt(k.team)
+	r := Result{Team: t.name, KeyID: v.st.table.id(slot), Limit: -1}
+	if k.has(flagDisabled) {
 		r.Code = Disabled
 		return r
 	}
@@ -78,9 +78,9 @@ func (v *Validator) Verify(key, scope string) Result {
 		}
 	}
 	r.RequestsToday = t.usage.charge(day, cfg.limit >= 0)
-	if sec := now.Unix(); k.lastUsed.Load() != sec {
+	if sec := uint32(now.Unix()); k.lastUsed.Load() != sec {
 		k.lastUsed.Store(sec)
-		v.st.markUsed(k)
+		v.st.markUsed(slot, k)
 	}
 	r.Code = Valid
 	return r
@@ -137,9 +137,9 @@ func (v *Validator) Owner(key string) (team, keyID string, ok bool) {
 	if len(key) != apikey.Len || key[:len(apikey.Prefix)] != apikey.Prefix {
 		return "", "", false
 	}
-	k := v.st.lookup(hashKey(key))
+	slot, k := v.st.find(hashKey(key))
 	if k == nil {
 		return "", "", false
 	}
-	return k.team.name, k.id, true
+	return v.st.teamAt(k.team).name, v.st.table.id(slot), true
 }
