@@ -1,6 +1,8 @@
 package keyauth
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -65,7 +67,64 @@ func TestKeysSharingAHashPrefix(t *testing.T) {
 	}
 	st.dropKey(hs[2])
 	st.dropKey(hs[2]) // twice: no effect
-	if n := st.keysCount.Load(); n != 0 || len(st.keys[0].m) != 0 {
-		t.Fatalf("count %d after dropping all, shard map %d", n, len(st.keys[0].m))
+	if n := st.keysCount.Load(); n != 0 || st.keys[0].n != 0 {
+		t.Fatalf("count %d after dropping all, shard holds %d", n, st.keys[0].n)
+	}
+}
+
+// TestKeyTableAgainstAMap: random puts, replaces and drops, in a table
+// small enough that runs of the open-addressed index wrap round and
+// collide, checked against a plain map after every step.
+func TestKeyTableAgainstAMap(t *testing.T) {
+	var st state
+	st.init(nil)
+	tm := st.team("acme")
+	rng := rand.New(rand.NewPCG(1, 2))
+	want := map[apikey.Hash]string{}
+	var hs []apikey.Hash
+	for step := range 20000 {
+		switch op := rng.IntN(10); {
+		case op < 6 || len(hs) == 0: // a new key; half of them in few homes
+			var h apikey.Hash
+			for i := range h {
+				h[i] = byte(rng.Uint32())
+			}
+			if op%2 == 0 {
+				h[0], h[1], h[8] = byte(rng.IntN(4)), 0, 0 // crowd one shard's few homes
+			}
+			id := fmt.Sprintf("key_%d", step)
+			st.putKey(h, []byte(id), tm, 0, uint64(step+1), 0, false)
+			want[h] = id
+			hs = append(hs, h)
+		case op < 8: // replace
+			h := hs[rng.IntN(len(hs))]
+			id := fmt.Sprintf("again_%d", step)
+			if _, ok := want[h]; ok {
+				st.putKey(h, []byte(id), tm, 0, uint64(step+1), 0, false)
+				want[h] = id
+			}
+		default: // drop
+			h := hs[rng.IntN(len(hs))]
+			st.dropKey(h)
+			delete(want, h)
+		}
+		if step%997 != 0 && step != 19999 {
+			continue
+		}
+		for _, h := range hs {
+			slot, r := st.find(h)
+			id, ok := want[h]
+			if (r != nil) != ok || ok && st.table.id(slot) != id {
+				t.Fatalf("step %d: lookup gives %v, want %q (present %v)", step, r != nil, id, ok)
+			}
+			if r != nil && r.has(flagDead) {
+				t.Fatalf("step %d: a dead record is found", step)
+			}
+		}
+		n := 0
+		st.eachKey(func(uint32, *record) { n++ })
+		if int64(n) != st.keysCount.Load() || n != len(want) {
+			t.Fatalf("step %d: %d listed, count %d, want %d", step, n, st.keysCount.Load(), len(want))
+		}
 	}
 }

@@ -15,8 +15,8 @@ import (
 // collector never has to scan: a million keys used to be a million small
 // objects with four pointers each, and each collection walked them all.
 //
-// A record's slot is its place in the chunks; the shard maps (the first 8
-// bytes of the hash → 1 + slot) find it. Slots are never reused: a
+// A record's slot is its place in the chunks; the shards' open-addressed
+// indexes find it: 8 bytes an entry, where a map took 32. Slots are never reused: a
 // deleted key's record stays, marked dead, until the node restarts, so
 // that a record, and the id string Verify returns from it, never change
 // under a reader. Only the goroutine applying events writes the table.
@@ -40,10 +40,7 @@ type record struct {
 	expiresAt atomic.Int64 // unix ns; 0: never
 	// lastUsed is the unix second of its last successful verification.
 	lastUsed atomic.Uint32
-	// next is 1 + the slot of another key whose hash starts with the same
-	// 8 bytes (almost never); 0: none. Guarded by the shard's lock.
-	next   uint32
-	team   uint32        // the team's slot in state.teamList
+	team     uint32        // the team's slot in state.teamList
 	flags  atomic.Uint32 // flagDisabled, flagQueued, flagDead
 	scopes ScopeSet
 	idLen  uint8 // bytes of the id in the chunk, or idLong
@@ -127,10 +124,14 @@ func (t *table) id(slot uint32) string {
 
 const shards = 64
 
-// shard maps the first 8 bytes of a key's hash to 1 + its slot.
+// shard indexes the keys whose hash's 9th byte falls in it: an
+// open-addressed table with linear probing, each entry a fingerprint of
+// the hash (bytes 12-15) and 1 + the key's slot (0: empty), placed from
+// the hash's first 8 bytes. It is at most 3/4 full.
 type shard struct {
-	mu sync.RWMutex
-	m  map[uint64]uint32
+	mu      sync.RWMutex
+	entries []uint64
+	n       int
 	// used lists the keys verified since the last last-used flush, so
 	// that the flush need not look at every key: at a million keys that
 	// scan took a fifth of a core.
@@ -138,15 +139,60 @@ type shard struct {
 	used   []uint32
 }
 
-func (s *state) shard(h apikey.Hash) (*shard, uint64) {
-	return &s.keys[h[8]%shards], binary.LittleEndian.Uint64(h[:8])
+func (s *state) shard(h apikey.Hash) *shard { return &s.keys[h[8]%shards] }
+
+func home(h *apikey.Hash) uint64 { return binary.LittleEndian.Uint64(h[:8]) }
+
+func fingerprint(h *apikey.Hash) uint64 { return uint64(binary.LittleEndian.Uint32(h[12:16])) << 32 }
+
+// index is where the entry of the key with hash h is in sh, or -1.
+func (s *state) index(sh *shard, h *apikey.Hash) int {
+	if len(sh.entries) == 0 {
+		return -1
+	}
+	mask, fp := uint64(len(sh.entries)-1), fingerprint(h)
+	for i := home(h) & mask; ; i = (i + 1) & mask {
+		e := sh.entries[i]
+		if e == 0 {
+			return -1
+		}
+		if e&^0xffffffff == fp && s.table.rec(uint32(e)-1).hash == *h {
+			return int(i)
+		}
+	}
+}
+
+// place puts entry e, of the key with hash h, in the first free place
+// from h's home.
+func place(entries []uint64, h *apikey.Hash, e uint64) {
+	mask := uint64(len(entries) - 1)
+	i := home(h) & mask
+	for entries[i] != 0 {
+		i = (i + 1) & mask
+	}
+	entries[i] = e
+}
+
+// resize rebuilds sh's index with room for n keys.
+func (s *state) resize(sh *shard, n int) {
+	size := 8
+	for size*3 < n*4 {
+		size *= 2
+	}
+	entries := make([]uint64, size)
+	for _, e := range sh.entries {
+		if e != 0 {
+			place(entries, &s.table.rec(uint32(e)-1).hash, e)
+		}
+	}
+	sh.entries = entries
 }
 
 // presize makes room for n keys before a bulk load.
 func (s *state) presize(n int) {
 	for i := range s.keys {
-		if len(s.keys[i].m) == 0 {
-			s.keys[i].m = make(map[uint64]uint32, n/shards+n/shards/8)
+		if sh := &s.keys[i]; sh.n == 0 {
+			s.resize(sh, n/shards+n/shards/8)
 		}
 	}
 }
@@ -159,17 +205,16 @@ func (s *state) lookup(h apikey.Hash) *record {
 
 // find returns the slot and record of the key with hash h, if any.
 func (s *state) find(h apikey.Hash) (uint32, *record) {
-	sh, p := s.shard(h)
+	sh := s.shard(h)
 	sh.mu.RLock()
-	defer sh.mu.RUnlock()
-	for next := sh.m[p]; next != 0; {
-		r := s.table.rec(next - 1)
-		if r.hash == h {
-			return next - 1, r
-		}
-		next = r.next
+	i := s.index(sh, &h)
+	if i < 0 {
+		sh.mu.RUnlock()
+		return 0, nil
 	}
-	return 0, nil
+	slot := uint32(sh.entries[i]) - 1
+	sh.mu.RUnlock()
+	return slot, s.table.rec(slot)
 }
 
 // putKey stores a key, replacing one with the same hash.
@@ -180,49 +225,49 @@ func (s *state) putKey(h apikey.Hash, id []byte, t *team, scopes ScopeSet, seq u
 	if disabled {
 		r.flags.Store(flagDisabled)
 	}
-	sh, p := s.shard(h)
+	e := fingerprint(&h) | uint64(slot+1)
+	sh := s.shard(h)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	head, replaced := s.unlink(sh.m[p], h)
-	r.next, sh.m[p] = head, slot+1
-	if !replaced {
-		s.keysCount.Add(1)
+	if i := s.index(sh, &h); i >= 0 {
+		s.table.rec(uint32(sh.entries[i])-1).setFlag(flagDead, true)
+		sh.entries[i] = e
+		return
 	}
+	if (sh.n+1)*4 > len(sh.entries)*3 {
+		s.resize(sh, max(sh.n+1, 2*sh.n))
+	}
+	place(sh.entries, &h, e)
+	sh.n++
+	s.keysCount.Add(1)
 }
 
+// dropKey removes the key with hash h and marks its record dead. The
+// entries after it in its run move back (backward-shift deletion), so
+// that no lookup stops early at the hole.
 func (s *state) dropKey(h apikey.Hash) {
-	sh, p := s.shard(h)
+	sh := s.shard(h)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	head, removed := s.unlink(sh.m[p], h)
-	if head == 0 {
-		delete(sh.m, p)
-	} else {
-		sh.m[p] = head
+	i := s.index(sh, &h)
+	if i < 0 {
+		return
 	}
-	if removed {
-		s.keysCount.Add(-1)
-	}
-}
-
-// unlink removes the key with hash h from the chain that starts at head
-// (1 + slot) and marks it dead; the caller holds the shard's write lock.
-func (s *state) unlink(head uint32, h apikey.Hash) (uint32, bool) {
-	if head == 0 {
-		return 0, false
-	}
-	if r := s.table.rec(head - 1); r.hash == h {
-		r.setFlag(flagDead, true)
-		return r.next, true
-	}
-	for c := s.table.rec(head - 1); c.next != 0; c = s.table.rec(c.next - 1) {
-		if n := s.table.rec(c.next - 1); n.hash == h {
-			n.setFlag(flagDead, true)
-			c.next = n.next
-			return head, true
+	s.table.rec(uint32(sh.entries[i])-1).setFlag(flagDead, true)
+	mask := uint64(len(sh.entries) - 1)
+	hole := uint64(i)
+	for j := (hole + 1) & mask; sh.entries[j] != 0; j = (j + 1) & mask {
+		e := sh.entries[j]
+		k := home(&s.table.rec(uint32(e)-1).hash) & mask
+		// e may fill the hole if its home is not after the hole on the
+		// way round to j.
+		if (j > hole && (k <= hole || k > j)) || (j < hole && k <= hole && k > j) {
+			sh.entries[hole], hole = e, j
 		}
 	}
-	return head, false
+	sh.entries[hole] = 0
+	sh.n--
+	s.keysCount.Add(-1)
 }
 
 // eachKey calls f with every live key's slot and record.
@@ -230,11 +275,9 @@ func (s *state) eachKey(f func(uint32, *record)) {
 	for i := range s.keys {
 		sh := &s.keys[i]
 		sh.mu.RLock()
-		for _, next := range sh.m {
-			for next != 0 {
-				r := s.table.rec(next - 1)
-				f(next-1, r)
-				next = r.next
+		for _, e := range sh.entries {
+			if e != 0 {
+				f(uint32(e)-1, s.table.rec(uint32(e)-1))
 			}
 		}
 		sh.mu.RUnlock()
@@ -255,7 +298,7 @@ func (s *state) markUsed(slot uint32, r *record) {
 			break
 		}
 	}
-	sh, _ := s.shard(r.hash)
+	sh := s.shard(r.hash)
 	sh.usedMu.Lock()
 	sh.used = append(sh.used, slot)
 	sh.usedMu.Unlock()
