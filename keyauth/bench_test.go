@@ -1,6 +1,8 @@
 package keyauth
 
 import (
+	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"fmt"
 	"runtime"
@@ -9,6 +11,7 @@ import (
 	"time"
 
 	"github.com/telapi/telkeys/apikey"
+	"github.com/telapi/telkeys/events"
 )
 
 // loaded returns a validator holding n keys, without a bus: Verify reads
@@ -78,4 +81,20 @@ func BenchmarkVerify1M(b *testing.B) {
 			}
 		})
 	})
+}
+
+// BenchmarkDecodeIndex1M measures reading a key index of 1M keys from
+// memory into an empty state: what keyauth.New spends past the transfer.
+func BenchmarkDecodeIndex1M(b *testing.B) {
+	src, _ := loaded(b, 1_000_000)
+	_, data := src.encodeIndex()
+	b.ReportMetric(float64(len(data))/(1<<20), "index-MiB")
+	for b.Loop() {
+		v := &Validator{cfg: Config{}}
+		v.cfg.setDefaults()
+		v.st.init(events.NewKeys())
+		if _, err := v.decodeIndex(bufio.NewReaderSize(bytes.NewReader(data), 64<<10), 1<<62, uint64(len(data))); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -43,6 +44,13 @@ func (v *Validator) start(ctx context.Context) error {
 	raise(&v.streamSeq, target)
 	loadStart := time.Now()
 	cp, fromIndex := v.loadIndex(ctx, target)
+	if fromIndex {
+		// Reading the index went through as much garbage as the table
+		// holds (the object's chunks): give it back now rather than keep
+		// it for the scavenger. The table holds no pointers, so this
+		// collection is cheap.
+		debug.FreeOSMemory()
+	}
 	v.st.applied.Advance(cp)
 	v.cfg.Log.Debug("keyauth: state loaded", "from_key_index", fromIndex, "keys", v.st.keysCount.Load(),
 		"event", cp, "ms", time.Since(loadStart).Milliseconds())

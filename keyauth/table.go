@@ -41,9 +41,9 @@ type record struct {
 	// lastUsed is the unix second of its last successful verification.
 	lastUsed atomic.Uint32
 	team     uint32        // the team's slot in state.teamList
-	flags  atomic.Uint32 // flagDisabled, flagQueued, flagDead
-	scopes ScopeSet
-	idLen  uint8 // bytes of the id in the chunk, or idLong
+	flags    atomic.Uint32 // flagDisabled, flagQueued, flagDead
+	scopes   ScopeSet
+	idLen    uint8 // bytes of the id in the chunk, or idLong
 }
 
 // The flags of a record.
