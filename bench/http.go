@@ -2,11 +2,15 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -170,50 +174,83 @@ func (b *bench) addHTTP(scenario, what string, r, floor httpResult, floorName st
 	b.add(Figure{Scenario: scenario, Figure: what + " p99", Value: ms(r.lat.at(0.99)), Unit: "ms"}.withFloor(floorName, ms(floor.lat.at(0.99))))
 }
 
-// allowAll is a node Verifier that checks nothing: the floor of node-gate.
-type allowAll struct{}
-
-func (allowAll) VerifyWait(context.Context, string, string) keyauth.Result {
-	return keyauth.Result{Code: keyauth.Valid, Team: benchTeam(0), Scopes: keyauth.ScopeReadTeamApps, Limit: -1}
-}
-func (allowAll) Current() bool { return true }
-
-// nodeGate loads GET /api/v1/apps on a TelAPI node that checks keys with
-// keyauth, then on the same node with checking switched off.
+// nodeGate loads GET /api/v1/apps on a telapi-node process that checks
+// keys, then on its two floors, each a telapi-node process too: the same
+// node with key checking off, and a bare Fiber route answering the same
+// body. The load comes from telkeys bench load, in a process of its own,
+// and the three run in turns.
 func (b *bench) nodeGate(ctx context.Context) error {
-	if err := b.startNodes(ctx, 1); err != nil {
+	nodes, err := b.nodeProcesses(ctx)
+	if err != nil {
 		return err
 	}
-	serve := func(v node.Verifier) (addr string, stop func(), err error) {
-		app := node.New(v, []byte("bench-webhook-secret"))
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return "", nil, err
+	bin, err := nodeBinary()
+	if err != nil {
+		return err
+	}
+	var floors []*nodeProcess
+	defer func() {
+		for _, p := range floors {
+			_ = p.cmd.Process.Kill()
+			_ = p.cmd.Wait()
 		}
-		go func() { _ = app.Listener(ln) }()
-		return ln.Addr().String(), func() { _ = app.ShutdownWithTimeout(5 * time.Second) }, nil
+	}()
+	for _, floor := range []string{node.FloorOff, node.FloorBare} {
+		p, err := startProcess(ctx, bin, "--bench-floor", floor, "--http-addr", "127.0.0.1:0", "--log-format", "json", "--nats-creds", "x", "--events-public-key", "x")
+		if err != nil {
+			return err
+		}
+		floors = append(floors, p)
 	}
-	load := func(addr string) httpLoad {
-		return httpLoad{addr: addr, workers: httpConns, want: 200, build: func(w, i int, req *fasthttp.Request) {
-			req.SetRequestURI("/api/v1/apps")
-			req.Header.Set("X-API-Key", b.data.sample[(w*7919+i)%len(b.data.sample)])
-		}}
+	keysFile := filepath.Join(b.dir, "node-gate-keys.txt")
+	if err := os.WriteFile(keysFile, []byte(strings.Join(b.data.sample, "\n")), 0o600); err != nil {
+		return err
 	}
-	gated, stopGated, err := serve(b.nodes[0].v)
+	exe, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	defer stopGated()
-	open, stopOpen, err := serve(allowAll{})
-	if err != nil {
-		return err
+	load := func(p *nodeProcess, d time.Duration) (LoadFigures, error) {
+		out, err := exec.CommandContext(ctx, exe, "bench", "load", "--addr", strings.TrimPrefix(p.base, "http://"),
+			"--keys", keysFile, "--conns", strconv.Itoa(httpConns), "--duration", d.String()).Output()
+		var f LoadFigures
+		if err == nil {
+			err = json.Unmarshal(out, &f)
+		}
+		return f, err
 	}
-	defer stopOpen()
-	r, floor, err := b.compare(ctx, "node GET /api/v1/apps, keys checked", "checking off", load(gated), load(open))
-	if err != nil {
-		return err
+	targets := []struct {
+		name string
+		p    *nodeProcess
+	}{{"keys checked", nodes[0]}, {"key checking off", floors[0]}, {"bare Fiber route", floors[1]}}
+	for _, t := range targets { // warm-up
+		if _, err := load(t.p, max(b.cfg.Duration/10, 200*time.Millisecond)); err != nil {
+			return fmt.Errorf("node-gate, %s: %w", t.name, err)
+		}
 	}
-	b.addHTTP("node-gate", "node GET /api/v1/apps", r, floor, "key checking off", 0.8)
+	b.progress.printf("node-gate: telapi-node GET /api/v1/apps with keys checked, key checking off, and a bare route, %d connections from another process, %s each, in turns", httpConns, b.cfg.Duration)
+	sums := make([]LoadFigures, len(targets))
+	for range 2 {
+		for i, t := range targets {
+			f, err := load(t.p, b.cfg.Duration/2)
+			if err != nil {
+				return fmt.Errorf("node-gate, %s: %w", t.name, err)
+			}
+			// Rates add up; latencies are the mean of the two turns.
+			sums[i].Requests += f.Requests
+			sums[i].Seconds += f.Seconds
+			sums[i].P50MS += f.P50MS / 2
+			sums[i].P99MS += f.P99MS / 2
+		}
+	}
+	rate := func(f LoadFigures) float64 { return float64(f.Requests) / f.Seconds }
+	gated, off, bare := sums[0], sums[1], sums[2]
+	what := fmt.Sprintf("telapi-node GET /api/v1/apps, %d conns from another process", httpConns)
+	b.add(Figure{Scenario: "node-gate", Figure: what, Value: rate(gated), Unit: "req/s"}.withFloor("bare Fiber route, same body, own process", rate(bare)).ratioAtLeast(0.95))
+	b.add(Figure{Scenario: "node-gate", Figure: what + ", vs key checking off", Value: rate(gated), Unit: "req/s"}.withFloor("same node, key checking off, own process", rate(off)))
+	b.add(Figure{Scenario: "node-gate", Figure: "telapi-node GET /api/v1/apps p50", Value: gated.P50MS, Unit: "ms"}.withFloor("bare Fiber route", bare.P50MS))
+	b.add(Figure{Scenario: "node-gate", Figure: "telapi-node GET /api/v1/apps p99", Value: gated.P99MS, Unit: "ms"}.withFloor("bare Fiber route", bare.P99MS))
+	b.progress.printf("node-gate: %.0f req/s checked, %.0f off, %.0f bare", rate(gated), rate(off), rate(bare))
 	return nil
 }
 

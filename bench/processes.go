@@ -29,7 +29,8 @@ type nodeProcess struct {
 }
 
 // nodeProcesses returns the bench's three telapi-node processes, started
-// on first use (revoke and quota share them) and stopped by close.
+// on first use (node-gate, revoke and quota share them) and stopped by
+// close.
 func (b *bench) nodeProcesses(ctx context.Context) ([]*nodeProcess, error) {
 	if b.procs == nil {
 		b.progress.printf("starting 3 telapi-node processes")
@@ -46,13 +47,9 @@ func (b *bench) nodeProcesses(ctx context.Context) ([]*nodeProcess, error) {
 // this one, as make build leaves them) on the NATS under test, and waits
 // until each listens and telkeys counts it as a live node.
 func (b *bench) startNodeProcesses(ctx context.Context, n int) ([]*nodeProcess, func(), error) {
-	exe, err := os.Executable()
+	bin, err := nodeBinary()
 	if err != nil {
 		return nil, nil, err
-	}
-	bin := filepath.Join(filepath.Dir(exe), "telapi-node")
-	if _, err := os.Stat(bin); err != nil {
-		return nil, nil, fmt.Errorf("revoke runs telapi-node beside telkeys (make build): %w", err)
 	}
 	creds, keys, err := b.nodeFiles("bench-proc")
 	if err != nil {
@@ -66,36 +63,13 @@ func (b *bench) startNodeProcesses(ctx context.Context, n int) ([]*nodeProcess, 
 		}
 	}
 	for i := range n {
-		cmd := exec.CommandContext(ctx, bin, "--nats-url", b.svc.NATSURL, "--nats-creds", creds, "--events-public-key", keys,
+		p, err := startProcess(ctx, bin, "--nats-url", b.svc.NATSURL, "--nats-creds", creds, "--events-public-key", keys,
 			"--http-addr", "127.0.0.1:0", "--name", fmt.Sprintf("proc-%d", i), "--log-format", "json", "--log-level", "info")
-		stderr, err := cmd.StderrPipe()
 		if err != nil {
 			stop()
 			return nil, nil, err
 		}
-		if err := cmd.Start(); err != nil {
-			stop()
-			return nil, nil, err
-		}
-		p := &nodeProcess{cmd: cmd}
 		nodes = append(nodes, p)
-		addr := make(chan string, 1)
-		go func() {
-			sc := bufio.NewScanner(stderr)
-			for sc.Scan() {
-				var line struct{ Msg, Addr string }
-				if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "http listening" {
-					addr <- line.Addr
-				}
-			}
-		}()
-		select {
-		case a := <-addr:
-			p.base = "http://" + a
-		case <-time.After(60 * time.Second):
-			stop()
-			return nil, nil, errors.New("a telapi-node did not listen within 60s")
-		}
 	}
 	// The barrier waits only for nodes telkeys has heard: every one must
 	// have reported before the first delete.
@@ -130,6 +104,52 @@ func (b *bench) startNodeProcesses(ctx context.Context, n int) ([]*nodeProcess, 
 	b.progress.printf("waiting for the telapi-node processes to settle after their warm-up")
 	settle(ctx, nodes)
 	return nodes, stop, nil
+}
+
+// nodeBinary is telapi-node beside this binary, as make build leaves it.
+func nodeBinary() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(filepath.Dir(exe), "telapi-node")
+	if _, err := os.Stat(bin); err != nil {
+		return "", fmt.Errorf("the bench runs telapi-node beside telkeys (make build): %w", err)
+	}
+	return bin, nil
+}
+
+// startProcess starts a telapi-node with args (which must ask for JSON
+// logs) and returns once it listens.
+func startProcess(ctx context.Context, bin string, args ...string) (*nodeProcess, error) {
+	cmd := exec.CommandContext(ctx, bin, args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &nodeProcess{cmd: cmd}
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			var line struct{ Msg, Addr string }
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "http listening" {
+				addr <- line.Addr
+			}
+		}
+	}()
+	select {
+	case a := <-addr:
+		p.base = "http://" + a
+		return p, nil
+	case <-time.After(60 * time.Second):
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, errors.New("a telapi-node did not listen within 60s")
+	}
 }
 
 // settle waits, at most 60 s, until the processes used less than 5 % of a

@@ -155,9 +155,9 @@ func writeProblem(c *fiber.Ctx, status int, code, detail string) error {
 	return problem.Write(c, problem.New(status, code, detail))
 }
 
-// New returns the node's Fiber app.
-func New(v Verifier, webhookSecret []byte) *fiber.App {
-	app := fiber.New(fiber.Config{
+// serverConfig is the node's HTTP server: its floors use it too.
+func serverConfig() fiber.Config {
+	return fiber.Config{
 		DisableStartupMessage: true,
 		BodyLimit:             1 << 20,
 		// A connection must send a whole request within ReadTimeout
@@ -168,7 +168,12 @@ func New(v Verifier, webhookSecret []byte) *fiber.App {
 		// Connections served at once; fasthttp answers more with 503 and
 		// closes them (its default, 256Ki, is no limit).
 		Concurrency: 8192,
-	})
+	}
+}
+
+// New returns the node's Fiber app.
+func New(v Verifier, webhookSecret []byte) *fiber.App {
+	app := fiber.New(serverConfig())
 	app.Get("/healthz", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"status": "ok"}) })
 	app.Get("/readyz", func(c *fiber.Ctx) error {
 		if !v.Current() {
@@ -189,7 +194,7 @@ func New(v Verifier, webhookSecret []byte) *fiber.App {
 		return c.JSON(fiber.Map{"id": c.Params("id"), "team": c.Locals(teamKey), "status": "active"})
 	})
 	api.Get("/apps", gate(v, apikey.ScopeReadTeamApps), func(c *fiber.Ctx) error {
-		return c.JSON(fiber.Map{"team": c.Locals(teamKey), "apps": []fiber.Map{{"id": "app_default", "name": "Default"}}})
+		return c.JSON(appsBody(c.Locals(teamKey)))
 	})
 	api.Post("/webhooks", func(c *fiber.Ctx) error {
 		sig, ok := strings.CutPrefix(c.Get("X-Telapi-Signature"), "sha256=")

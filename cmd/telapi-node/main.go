@@ -52,9 +52,17 @@ func run(ctx context.Context, args []string) error {
 	fs.DurationVar(&c.MaxStaleness, "max-staleness", 10*time.Second, "answer 503 after hearing nothing from telkeys for this long")
 	fs.BoolVar(&c.FailOpen, "fail-open", false, "keep answering from the last known state when stale (deleted keys may keep working while cut off)")
 	fs.StringVar(&c.WebhookSecret, "webhook-secret", "", "HMAC secret of /api/v1/webhooks; empty: a random one (webhooks always refused)")
+	floor := fs.String("bench-floor", "", "FOR telkeys bench ONLY: serve GET /api/v1/apps with key checking off (off) or from a bare Fiber route (bare), on a loopback --http-addr, without NATS")
 	logCfg := cli.LogFlags(fs)
 	if err := cli.Parse(fs, args, os.Stderr, "TELAPI_NODE", usage); err != nil {
 		return err
+	}
+	if *floor != "" {
+		log, err := logCfg.NewLogger(os.Stderr)
+		if err != nil {
+			return err
+		}
+		return node.ServeFloor(ctx, *floor, c.HTTPAddr, log)
 	}
 	if err := c.Validate(); err != nil {
 		return cli.Usage(err)

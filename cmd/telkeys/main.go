@@ -391,6 +391,20 @@ func benchCmd(ctx context.Context, args []string) error {
 		}
 		return bench.RunNode(ctx, *url, *creds, *keys, os.Stdin, os.Stdout)
 	}
+	if len(args) > 0 && args[0] == "load" {
+		fs := flag.NewFlagSet("bench load", flag.ContinueOnError)
+		addr := fs.String("addr", "", "HOST:PORT of the HTTP server to load")
+		keys := fs.String("keys", "", "file of API keys, one a line, sent in turn as X-API-Key")
+		conns := fs.Int("conns", 64, "keep-alive connections")
+		d := fs.Duration("duration", 5*time.Second, "how long to load")
+		if err := cli.Parse(fs, args[1:], os.Stderr, envOf(fs.Name()), bench.LoadUsage); err != nil {
+			return err
+		}
+		if *addr == "" || *conns < 1 || *d <= 0 {
+			return cli.Usage(errors.New("--addr is required; --conns and --duration must be positive"))
+		}
+		return bench.RunLoad(ctx, *addr, *keys, *conns, *d, os.Stdout)
+	}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	var c bench.Config
 	fs.BoolVar(&c.Quick, "quick", false, "shrink every scenario to a few seconds (10000 keys, 1s loads, 50 deletes, 160 creates), to check that the harness works")
