@@ -31,6 +31,10 @@ type nodeProcess struct {
 // nodeProcesses returns the bench's three telapi-node processes, started
 // on first use (node-gate, revoke and quota share them) and stopped by
 // close.
+//
+// Each scenario measures them idle: after their warm-up, or the flushes of
+// what the scenario before had them verify, they keep a core busy for a
+// while, so this waits until they settle.
 func (b *bench) nodeProcesses(ctx context.Context) ([]*nodeProcess, error) {
 	if b.procs == nil {
 		b.progress.printf("starting 3 telapi-node processes")
@@ -40,6 +44,8 @@ func (b *bench) nodeProcesses(ctx context.Context) ([]*nodeProcess, error) {
 		}
 		b.procs, b.stopProcs = nodes, stop
 	}
+	b.progress.printf("waiting for the telapi-node processes to settle")
+	settle(ctx, b.procs)
 	return b.procs, nil
 }
 
@@ -99,10 +105,6 @@ func (b *bench) startNodeProcesses(ctx context.Context, n int) ([]*nodeProcess, 
 			}
 		}
 	}
-	// A node that has just loaded a million keys keeps a core busy for a
-	// while (its collector, returning memory): measure once they are idle.
-	b.progress.printf("waiting for the telapi-node processes to settle after their warm-up")
-	settle(ctx, nodes)
 	return nodes, stop, nil
 }
 

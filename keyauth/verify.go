@@ -78,7 +78,7 @@ func (v *Validator) Verify(key, scope string) Result {
 		}
 	}
 	r.RequestsToday = t.usage.charge(day, cfg.limit >= 0)
-	if sec := uint32(now.Unix()); k.lastUsed.Load() != sec {
+	if sec := uint32(now.Unix()); sec-k.lastUsed.Load() >= lastUsedStep {
 		k.lastUsed.Store(sec)
 		v.st.markUsed(slot, k)
 	}
