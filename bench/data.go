@@ -190,7 +190,7 @@ func (b *bench) startup(ctx context.Context) error {
 	took := time.Since(t0)
 	if b.data.events > 0 {
 		b.add(Figure{Scenario: "startup", Figure: fmt.Sprintf("start → /readyz 200, %d keys stored", b.cfg.Keys),
-			Value: ms(took), Unit: "ms"}.atMost(5000))
+			Value: ms(took), Unit: "ms"}.atMost(2000))
 	}
 	if b.nc, err = b.dial(svc.NATSURL, bus.RoleService, "telkeys-bench"); err != nil {
 		return err

@@ -163,7 +163,7 @@ func (b *bench) verifyHTTP(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	b.addHTTP("verify-http", "POST /v1/keys/verify", verify, floor, "GET /healthz, same server", 0.6)
+	b.addHTTP("verify-http", "POST /v1/keys/verify", verify, floor, "GET /healthz, same server", 0.8)
 	return nil
 }
 

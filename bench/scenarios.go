@@ -83,7 +83,7 @@ func (b *bench) replay(ctx context.Context) error {
 	}
 	floor := "raw ordered consumer"
 	b.add(Figure{Scenario: "replay", Figure: fmt.Sprintf("audit verify (every signature checked), %d events", n), Value: verify, Unit: "events/s"}.withFloor(floor, raw).ratioAtLeast(0.3))
-	b.add(Figure{Scenario: "replay", Figure: fmt.Sprintf("audit state, %d events", n), Value: state, Unit: "events/s"}.withFloor(floor, raw).ratioAtLeast(0.5))
+	b.add(Figure{Scenario: "replay", Figure: fmt.Sprintf("audit state, %d events", n), Value: state, Unit: "events/s"}.withFloor(floor, raw).ratioAtLeast(0.6))
 	return b.signingCost()
 }
 
