@@ -99,7 +99,8 @@ type state struct {
 func (s *state) init(trusted *events.Keys) {
 	s.chain = events.NewChain(trusted)
 	for i := range s.keys {
-		s.keys[i].entries, s.keys[i].n = nil, 0
+		s.keys[i].entries.Store(nil)
+		s.keys[i].n = 0
 	}
 	s.table = table{}
 	s.teamList.Store(&[]*team{})

@@ -3,6 +3,7 @@ package keyauth
 import (
 	"encoding/binary"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -128,10 +129,18 @@ const shards = 64
 // open-addressed table with linear probing, each entry a fingerprint of
 // the hash (bytes 12-15) and 1 + the key's slot (0: empty), placed from
 // the hash's first 8 bytes. It is at most 3/4 full.
+//
+// Readers take no lock. Writers (one at a time, under mu) make seq odd
+// while they change the entries, and even again after; a reader that saw
+// seq change looks again. Entries are read and written atomically, a
+// record is filled before its entry is stored, and a resize fills a new
+// array before it replaces the old one, so a reader never follows a torn
+// entry and its probe always ends at an empty place.
 type shard struct {
-	mu      sync.RWMutex
-	entries []uint64
-	n       int
+	mu      sync.Mutex
+	seq     atomic.Uint64
+	entries atomic.Pointer[[]atomic.Uint64]
+	n       int // under mu
 	// used lists the keys verified since the last last-used flush, so
 	// that the flush need not look at every key: at a million keys that
 	// scan took a fifth of a core.
@@ -145,14 +154,21 @@ func home(h *apikey.Hash) uint64 { return binary.LittleEndian.Uint64(h[:8]) }
 
 func fingerprint(h *apikey.Hash) uint64 { return uint64(binary.LittleEndian.Uint32(h[12:16])) << 32 }
 
-// index is where the entry of the key with hash h is in sh, or -1.
-func (s *state) index(sh *shard, h *apikey.Hash) int {
-	if len(sh.entries) == 0 {
+func (sh *shard) table() []atomic.Uint64 {
+	if p := sh.entries.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// index is where the entry of the key with hash h is in entries, or -1.
+func (s *state) index(entries []atomic.Uint64, h *apikey.Hash) int {
+	if len(entries) == 0 {
 		return -1
 	}
-	mask, fp := uint64(len(sh.entries)-1), fingerprint(h)
+	mask, fp := uint64(len(entries)-1), fingerprint(h)
 	for i := home(h) & mask; ; i = (i + 1) & mask {
-		e := sh.entries[i]
+		e := entries[i].Load()
 		if e == 0 {
 			return -1
 		}
@@ -164,36 +180,39 @@ func (s *state) index(sh *shard, h *apikey.Hash) int {
 
 // place puts entry e, of the key with hash h, in the first free place
 // from h's home.
-func place(entries []uint64, h *apikey.Hash, e uint64) {
+func place(entries []atomic.Uint64, h *apikey.Hash, e uint64) {
 	mask := uint64(len(entries) - 1)
 	i := home(h) & mask
-	for entries[i] != 0 {
+	for entries[i].Load() != 0 {
 		i = (i + 1) & mask
 	}
-	entries[i] = e
+	entries[i].Store(e)
 }
 
-// resize rebuilds sh's index with room for n keys.
+// resize rebuilds sh's index with room for n keys; the caller holds mu.
 func (s *state) resize(sh *shard, n int) {
 	size := 8
 	for size*3 < n*4 {
 		size *= 2
 	}
-	entries := make([]uint64, size)
-	for _, e := range sh.entries {
-		if e != 0 {
+	entries := make([]atomic.Uint64, size)
+	for i := range sh.table() {
+		if e := sh.table()[i].Load(); e != 0 {
 			place(entries, &s.table.rec(uint32(e)-1).hash, e)
 		}
 	}
-	sh.entries = entries
+	sh.entries.Store(&entries)
 }
 
 // presize makes room for n keys before a bulk load.
 func (s *state) presize(n int) {
 	for i := range s.keys {
-		if sh := &s.keys[i]; sh.n == 0 {
+		sh := &s.keys[i]
+		sh.mu.Lock()
+		if sh.n == 0 {
 			s.resize(sh, n/shards+n/shards/8)
 		}
+		sh.mu.Unlock()
 	}
 }
 
@@ -206,15 +225,37 @@ func (s *state) lookup(h apikey.Hash) *record {
 // find returns the slot and record of the key with hash h, if any.
 func (s *state) find(h apikey.Hash) (uint32, *record) {
 	sh := s.shard(h)
-	sh.mu.RLock()
-	i := s.index(sh, &h)
-	if i < 0 {
-		sh.mu.RUnlock()
-		return 0, nil
+	for spins := 0; ; spins++ {
+		seq := sh.seq.Load()
+		if seq&1 != 0 { // a writer is at work: a few microseconds
+			if spins > 100 {
+				runtime.Gosched()
+			}
+			continue
+		}
+		entries := sh.table()
+		i := s.index(entries, &h)
+		var e uint64
+		if i >= 0 {
+			e = entries[i].Load()
+		}
+		if sh.seq.Load() != seq {
+			continue
+		}
+		if e == 0 {
+			return 0, nil
+		}
+		return uint32(e) - 1, s.table.rec(uint32(e) - 1)
 	}
-	slot := uint32(sh.entries[i]) - 1
-	sh.mu.RUnlock()
-	return slot, s.table.rec(slot)
+}
+
+// write runs f on sh's entries with seq odd, under mu.
+func (sh *shard) write(f func()) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	sh.seq.Add(1)
+	defer sh.seq.Add(1)
+	f()
 }
 
 // putKey stores a key, replacing one with the same hash.
@@ -227,19 +268,19 @@ func (s *state) putKey(h apikey.Hash, id []byte, t *team, scopes ScopeSet, seq u
 	}
 	e := fingerprint(&h) | uint64(slot+1)
 	sh := s.shard(h)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if i := s.index(sh, &h); i >= 0 {
-		s.table.rec(uint32(sh.entries[i])-1).setFlag(flagDead, true)
-		sh.entries[i] = e
-		return
-	}
-	if (sh.n+1)*4 > len(sh.entries)*3 {
-		s.resize(sh, max(sh.n+1, 2*sh.n))
-	}
-	place(sh.entries, &h, e)
-	sh.n++
-	s.keysCount.Add(1)
+	sh.write(func() {
+		if i := s.index(sh.table(), &h); i >= 0 {
+			s.table.rec(uint32(sh.table()[i].Load())-1).setFlag(flagDead, true)
+			sh.table()[i].Store(e)
+			return
+		}
+		if (sh.n+1)*4 > len(sh.table())*3 {
+			s.resize(sh, max(sh.n+1, 2*sh.n))
+		}
+		place(sh.table(), &h, e)
+		sh.n++
+		s.keysCount.Add(1)
+	})
 }
 
 // dropKey removes the key with hash h and marks its record dead. The
@@ -247,40 +288,42 @@ func (s *state) putKey(h apikey.Hash, id []byte, t *team, scopes ScopeSet, seq u
 // that no lookup stops early at the hole.
 func (s *state) dropKey(h apikey.Hash) {
 	sh := s.shard(h)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	i := s.index(sh, &h)
-	if i < 0 {
-		return
-	}
-	s.table.rec(uint32(sh.entries[i])-1).setFlag(flagDead, true)
-	mask := uint64(len(sh.entries) - 1)
-	hole := uint64(i)
-	for j := (hole + 1) & mask; sh.entries[j] != 0; j = (j + 1) & mask {
-		e := sh.entries[j]
-		k := home(&s.table.rec(uint32(e)-1).hash) & mask
-		// e may fill the hole if its home is not after the hole on the
-		// way round to j.
-		if (j > hole && (k <= hole || k > j)) || (j < hole && k <= hole && k > j) {
-			sh.entries[hole], hole = e, j
+	sh.write(func() {
+		entries := sh.table()
+		i := s.index(entries, &h)
+		if i < 0 {
+			return
 		}
-	}
-	sh.entries[hole] = 0
-	sh.n--
-	s.keysCount.Add(-1)
+		s.table.rec(uint32(entries[i].Load())-1).setFlag(flagDead, true)
+		mask := uint64(len(entries) - 1)
+		hole := uint64(i)
+		for j := (hole + 1) & mask; entries[j].Load() != 0; j = (j + 1) & mask {
+			e := entries[j].Load()
+			k := home(&s.table.rec(uint32(e)-1).hash) & mask
+			// e may fill the hole if its home is not after the hole on
+			// the way round to j.
+			if (j > hole && (k <= hole || k > j)) || (j < hole && k <= hole && k > j) {
+				entries[hole].Store(e)
+				hole = j
+			}
+		}
+		entries[hole].Store(0)
+		sh.n--
+		s.keysCount.Add(-1)
+	})
 }
 
 // eachKey calls f with every live key's slot and record.
 func (s *state) eachKey(f func(uint32, *record)) {
 	for i := range s.keys {
 		sh := &s.keys[i]
-		sh.mu.RLock()
-		for _, e := range sh.entries {
-			if e != 0 {
+		sh.mu.Lock()
+		for j := range sh.table() {
+			if e := sh.table()[j].Load(); e != 0 {
 				f(uint32(e)-1, s.table.rec(uint32(e)-1))
 			}
 		}
-		sh.mu.RUnlock()
+		sh.mu.Unlock()
 	}
 }
 
