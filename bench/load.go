@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/telapi/telkeys/cli"
 )
 
 // LoadUsage explains telkeys bench load.
@@ -34,6 +36,9 @@ type LoadFigures struct {
 
 // RunLoad is telkeys bench load: see LoadUsage.
 func RunLoad(ctx context.Context, addr, keysFile string, conns int, duration time.Duration, stdout io.Writer) error {
+	if addr == "" || conns < 1 || duration <= 0 {
+		return cli.Usage(errors.New("--addr is required; --conns and --duration must be positive"))
+	}
 	keys := []string{"none"}
 	if keysFile != "" {
 		f, err := os.Open(keysFile)
