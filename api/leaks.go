@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"unicode/utf8"
 
 	"github.com/gofiber/fiber/v2"
 
@@ -125,11 +126,20 @@ func (s *Server) reportLeaks(c *fiber.Ctx) error {
 	if len(reports) > maxLeakReports {
 		return badRequest(fmt.Sprintf("at most %d tokens per report", maxLeakReports))
 	}
+	// Every entry is checked before any is acted on: a bad one refuses
+	// the whole report, never half of it.
+	for _, r := range reports {
+		switch {
+		case r.Token == nil:
+			return badRequest("every entry needs a token")
+		case len(r.URL) > 2048 || !utf8.ValidString(r.URL):
+			return badRequest("every url must be UTF-8, at most 2048 bytes")
+		case len(r.Source) > 64 || !utf8.ValidString(r.Source):
+			return badRequest("every source must be UTF-8, at most 64 bytes")
+		}
+	}
 	out := make([]leakFeedback, 0, len(reports))
 	for _, r := range reports {
-		if r.Token == nil {
-			return badRequest("every entry needs a token")
-		}
 		h := apikey.HashOf(*r.Token)
 		fb := leakFeedback{TokenHash: hex.EncodeToString(h[:]), TokenType: r.Type, Label: "false_positive"}
 		if team, id, ok := s.cfg.Verifier.Owner(*r.Token); ok {

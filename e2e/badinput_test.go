@@ -80,6 +80,7 @@ func TestBadInputBattery(t *testing.T) {
 		{"team ids in the path", (*badInput).teamIDs},
 		{"key ids in the path", (*badInput).keyIDs},
 		{"tokens", (*badInput).tokens},
+		{"the key lifecycle's routes", (*badInput).lifecycle},
 	}
 	worst, sent := 0, 0
 	for _, g := range groups {
@@ -554,4 +555,65 @@ func signedTestToken(t testing.TB, method jwt.SigningMethod, key []byte, claims 
 		t.Fatal(err)
 	}
 	return tok
+}
+
+// lifecycle: expiry, roll, disable and leak reports with bad input.
+func (b *badInput) lifecycle(testing.TB) []badCase {
+	beta := pathAcmeKeys + "/" + b.betaKey
+	roll, patch := beta+"/roll", beta // acme's path, beta's key: never found
+	var cases []badCase
+	for name, at := range map[string]string{
+		"not a time":    `"tomorrow"`,
+		"month 13":      `"2027-13-01T00:00:00Z"`,
+		"no zone":       `"2027-01-01T00:00:00"`,
+		"a number":      `1893456000`,
+		"an object":     `{"at":"2027-01-01T00:00:00Z"}`,
+		"NUL in it":     `"2027-01-01T00:00:00Z\u0000"`,
+		"very long":     `"` + strings.Repeat("9", 5000) + `"`,
+		"a date only":   `"2027-01-01"`,
+		"bidi override": `"\u202e2027-01-01T00:00:00Z"`,
+	} {
+		cases = append(cases, invalid("expires_at "+name, "POST", pathAcmeKeys, bearer(b.mem),
+			[]byte(`{"name":"x","scopes":["READ_TEAM_APPS"],"expires_at":`+at+`}`)))
+	}
+	for name, at := range map[string]string{"in the past": "2020-01-01T00:00:00Z", "in 5 years": time.Now().AddDate(5, 0, 0).UTC().Format(time.RFC3339)} {
+		cases = append(cases, badCase{"expires_at " + name, "POST", pathAcmeKeys, bearer(b.mem),
+			[]byte(`{"name":"x","scopes":["READ_TEAM_APPS"],"expires_at":"` + at + `"}`), 422, "invalid_expires_at", nil})
+	}
+	for name, body := range map[string]string{
+		"empty body":     ``,
+		"malformed":      `{"grace_seconds":`,
+		"array":          `[3600]`,
+		"string grace":   `{"grace_seconds":"3600"}`,
+		"float grace":    `{"grace_seconds":1.5}`,
+		"huge grace":     `{"grace_seconds":99999999999999999999}`,
+		"negative grace": `{"grace_seconds":-1}`,
+		"over 30 days":   `{"grace_seconds":2592001}`,
+		"unknown field":  `{"grace_seconds":0,"keep":true}`,
+		"missing grace":  `{}`,
+		"trailing data":  `{"grace_seconds":0} {}`,
+	} {
+		cases = append(cases, invalid("roll: "+name, "POST", pathAcmeKeys+"/key_01ARZ3NDEKTSV4RRFFQ69G5FAV/roll", bearer(b.mem), []byte(body)))
+	}
+	for name, body := range map[string]string{
+		"empty object":       `{}`,
+		"enabled as string":  `{"enabled":"false"}`,
+		"enabled as null":    `{"enabled":null}`,
+		"name as number":     `{"name":7}`,
+		"empty name":         `{"name":"  "}`,
+		"name of 65":         `{"name":"` + strings.Repeat("n", 65) + `"}`,
+		"control in name":    `{"name":"a\u0007b"}`,
+		"bidi override name": `{"name":"a\u202eb"}`,
+		"unknown field":      `{"enabled":false,"scopes":["READ_TEAM_APPS"]}`,
+		"malformed":          `{"enabled":`,
+	} {
+		cases = append(cases, invalid("patch: "+name, "PATCH", pathAcmeKeys+"/key_01ARZ3NDEKTSV4RRFFQ69G5FAV", bearer(b.mem), []byte(body)))
+	}
+	return append(cases,
+		badCase{"roll team beta's key under acme", "POST", roll, bearer(b.mem), []byte(`{"grace_seconds":0}`), 404, "not_found", nil},
+		badCase{"patch team beta's key under acme", "PATCH", patch, bearer(b.mem), []byte(`{"enabled":false}`), 404, "not_found", nil},
+		badCase{"roll team beta's key as member of acme", "POST", "/v1/teams/beta/api-keys/" + b.betaKey + "/roll", bearer(b.mem), []byte(`{"grace_seconds":0}`), 403, "forbidden", nil},
+		badCase{"roll with a body over 1 MiB", "POST", roll, bearer(b.mem), bytes.Repeat([]byte("x"), 1<<20+1), 413, "body_too_large", nil},
+		badCase{"leak report without leak keys configured", "POST", "/v1/leaks/github", "", []byte(`[{"token":"x"}]`), 404, "not_found", nil},
+	)
 }

@@ -258,6 +258,13 @@ func TestKeyLifecycle(t *testing.T) {
 				expectProblem(t, s.send("POST", path, leaks.headers(b), b), 400, "invalid_request")
 			})
 		}
+		// A bad entry refuses the whole report: the good one before it is
+		// not acted on.
+		half, _ := json.Marshal([]map[string]string{{"token": ours, "url": "https://example.com/ok"}, {"token": notOurs, "url": strings.Repeat("u", 3000)}})
+		expectProblem(t, s.send("POST", path, leaks.headers(half), half), 400, "invalid_request")
+		if c := verifyCode(t, s, ours); c != "VALID" {
+			t.Fatalf("a refused report revoked a key: %s", c)
+		}
 		huge := append([]byte(`[{"token":"`), append([]byte(strings.Repeat("a", 1<<20)), `"}]`...)...)
 		expectProblem(t, s.send("POST", path, leaks.headers(huge), huge), 400, "invalid_request")
 
