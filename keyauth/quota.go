@@ -250,19 +250,7 @@ func (v *Validator) reserve(ctx context.Context, teams []*team) {
 	defer timeout.Stop()
 	failed := false
 	for _, s := range out {
-		var ack *jetstream.PubAck
-		err := s.err
-		if err == nil {
-			select {
-			case ack = <-s.f.Ok():
-			case err = <-s.f.Err():
-			case <-timeout.C:
-				err = context.DeadlineExceeded
-				timeout.Reset(0) // the rest time out too
-			case <-ctx.Done():
-				err = ctx.Err()
-			}
-		}
+		ack, err := awaitAck(ctx, s.f, s.err, timeout)
 		var total int64
 		if err == nil {
 			value := ack.Value

@@ -292,23 +292,11 @@ func (v *Validator) flushRound(ctx context.Context, teams []*team) []*team {
 		f, err := v.js.PublishMsgAsync(msg, jetstream.WithMsgID(req.msgID))
 		out = append(out, sent{t, req, f, err})
 	}
-	timeout := time.NewTimer(2 * time.Second)
+	timeout := time.NewTimer(bus.AttemptTimeout)
 	defer timeout.Stop()
 	var landed []*team
 	for _, s := range out {
-		var ack *jetstream.PubAck
-		err := s.err
-		if err == nil {
-			select {
-			case ack = <-s.f.Ok():
-			case err = <-s.f.Err():
-			case <-timeout.C:
-				err = context.DeadlineExceeded
-				timeout.Reset(0) // the rest time out too
-			case <-ctx.Done():
-				err = ctx.Err()
-			}
-		}
+		ack, err := awaitAck(ctx, s.f, s.err, timeout)
 		if err == nil && ack.Value == "" {
 			// A duplicate (a retry of a flush that had landed) carries no
 			// value: read the counter instead.
@@ -325,6 +313,26 @@ func (v *Validator) flushRound(ctx context.Context, teams []*team) []*team {
 		}
 	}
 	return landed
+}
+
+// awaitAck waits for the acknowledgement of an asynchronous publish (err is
+// the publish's own error). timeout is shared by a round of publishes: once
+// it fires, the rest of the round times out at once too.
+func awaitAck(ctx context.Context, f jetstream.PubAckFuture, err error, timeout *time.Timer) (*jetstream.PubAck, error) {
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case ack := <-f.Ok():
+		return ack, nil
+	case err := <-f.Err():
+		return nil, err
+	case <-timeout.C:
+		timeout.Reset(0)
+		return nil, context.DeadlineExceeded
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // next takes the increment to send: a retry, an earlier day's count, or

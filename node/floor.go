@@ -5,11 +5,9 @@ import (
 	"errors"
 	"log/slog"
 	"net"
-	"time"
 
 	"github.com/gofiber/fiber/v2"
 
-	"github.com/telapi/telkeys/api/listener"
 	"github.com/telapi/telkeys/keyauth"
 )
 
@@ -58,17 +56,5 @@ func ServeFloor(ctx context.Context, floor, addr string, log *slog.Logger) error
 	default:
 		return errors.New("--bench-floor must be off or bare")
 	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
-	log.Info("http listening", "addr", ln.Addr().String(), "floor", floor)
-	errc := make(chan error, 1)
-	go func() { errc <- app.Listener(listener.KeepAccepting(ln, log)) }()
-	select {
-	case <-ctx.Done():
-		return app.ShutdownWithTimeout(5 * time.Second)
-	case err := <-errc:
-		return err
-	}
+	return listen(ctx, app, addr, log.With("floor", floor))
 }

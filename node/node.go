@@ -126,12 +126,16 @@ func Serve(ctx context.Context, c Config, log *slog.Logger) error {
 		return err
 	}
 	defer v.Close()
-	app := New(v, []byte(c.WebhookSecret))
-	ln, err := net.Listen("tcp", c.HTTPAddr)
+	return listen(ctx, New(v, []byte(c.WebhookSecret)), c.HTTPAddr, log.With("node", c.Name))
+}
+
+// listen serves app on addr until ctx ends.
+func listen(ctx context.Context, app *fiber.App, addr string, log *slog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
-	log.Info("http listening", "addr", ln.Addr().String(), "node", c.Name)
+	log.Info("http listening", "addr", ln.Addr().String())
 	errc := make(chan error, 1)
 	// Running out of file descriptors (a connection flood) must not end
 	// Serve: the listener waits it out.
