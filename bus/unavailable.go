@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -36,6 +37,16 @@ const (
 	// default's 10 s or a 30 s pull expiry.
 	ConsumerHeartbeat = time.Second
 )
+
+// IsPeerOffline reports whether the servers could not place a stream
+// because a peer is offline (10005 "no suitable peers for placement, peer
+// offline"): on a cluster that has just formed, until every server has
+// reported to the meta leader. Other placement failures (tags, resources)
+// are answers.
+func IsPeerOffline(err error) bool {
+	var ae *jetstream.APIError
+	return errors.As(err, &ae) && ae.ErrorCode == 10005 && strings.Contains(ae.Description, "peer offline")
+}
 
 // IsUnavailable reports whether err says the bus could not serve a request
 // now, rather than refusing it: no response, no connection, no responders,

@@ -347,7 +347,8 @@ func refuseUnsignedHistory(ctx context.Context, stream jetstream.Stream) error {
 }
 
 // setupWithRetry creates streams and buckets, retrying while a fresh
-// cluster has no JetStream meta leader yet; a configuration the servers
+// cluster has no JetStream meta leader yet, or not every server has
+// reported to it (a peer offline for placement); a configuration the servers
 // refuse (R3 on a single server, say) fails at once.
 func setupWithRetry(ctx context.Context, js jetstream.JetStream, replicas int, log *slog.Logger) (*bus.Handles, error) {
 	deadline := time.Now().Add(60 * time.Second)
@@ -357,7 +358,8 @@ func setupWithRetry(ctx context.Context, js jetstream.JetStream, replicas int, l
 		sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		h, err := bus.Setup(sctx, js, replicas)
 		cancel()
-		if err == nil || !bus.IsUnavailable(err) || time.Now().After(deadline) || ctx.Err() != nil {
+		transient := bus.IsUnavailable(err) || bus.IsPeerOffline(err)
+		if err == nil || !transient || time.Now().After(deadline) || ctx.Err() != nil {
 			return h, err
 		}
 		log.Warn("stream setup failed, retrying", "err", err)
