@@ -61,30 +61,12 @@ func (b *bench) nodeFiles(name string) (creds, keys string, err error) {
 	return creds, keys, os.WriteFile(keys, pem, 0o644)
 }
 
-// verifyLocal runs "telkeys bench node" as a child process, so that its
-// RSS and allocations are a keyauth node's alone, and hands it the sample
-// keys.
+// verifyLocal runs a keyauth node in a process of its own (benchNode) and
+// reports Verify against SHA-256, and the node's warm-up and memory.
 func (b *bench) verifyLocal(ctx context.Context) error {
-	exe, err := os.Executable()
+	f, err := b.benchNode(ctx)
 	if err != nil {
 		return err
-	}
-	credsFile, keysFile, err := b.nodeFiles("bench-node")
-	if err != nil {
-		return err
-	}
-	cmd := exec.CommandContext(ctx, exe, "bench", "node", "--nats-url", b.svc.NATSURL, "--nats-creds", credsFile,
-		"--events-public-key", keysFile)
-	cmd.Stdin = strings.NewReader(strings.Join(b.data.sample, "\n"))
-	cmd.Stderr = b.progress.w
-	var out bytes.Buffer
-	cmd.Stdout = &out
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("bench node: %w", err)
-	}
-	var f nodeFigures
-	if err := json.Unmarshal(out.Bytes(), &f); err != nil {
-		return fmt.Errorf("bench node output %q: %w", out.String(), err)
 	}
 	keys := fmt.Sprintf("%d keys", f.Keys)
 	b.add(Figure{Scenario: "verify-local", Figure: "Verify, " + keys + " loaded, the same key each time", Value: f.VerifyOneNS, Unit: "ns/op"}.
@@ -95,11 +77,62 @@ func (b *bench) verifyLocal(ctx context.Context) error {
 	b.add(Figure{Scenario: "verify-local", Figure: fmt.Sprintf("Verify, keys in turn, %d goroutines (wall time per op)", runtime.NumCPU()), Value: f.ParallelNS, Unit: "ns/op"})
 	b.add(Figure{Scenario: "verify-local", Figure: "keyauth warm-up (keyauth.New), " + keys, Value: f.WarmupMS, Unit: "ms"}.atMost(500))
 	b.add(Figure{Scenario: "verify-local", Figure: "keyauth node RSS after warm-up, " + keys, Value: f.RSSMiB, Unit: "MiB"}.atMost(150))
-	if f.Keys > 0 {
-		b.add(Figure{Scenario: "verify-local", Figure: "keyauth heap per key, " + keys, Value: f.HeapMiB * (1 << 20) / float64(f.Keys), Unit: "B"})
-	}
+	b.addHeapPerKey("verify-local", f)
 	b.add(Figure{Scenario: "verify-local", Figure: "keyauth node peak RSS during warm-up", Value: f.PeakRSSMiB, Unit: "MiB"})
 	return nil
+}
+
+// scale is verify-local's node at a size that takes long to store (10M
+// keys by default): what a node costs in time and memory as keys grow.
+// The issue set no target here; each figure stands beside 1M's in the
+// README.
+func (b *bench) scale(ctx context.Context) error {
+	f, err := b.benchNode(ctx)
+	if err != nil {
+		return err
+	}
+	keys := fmt.Sprintf("%d keys", f.Keys)
+	b.add(Figure{Scenario: "scale", Figure: "keyauth warm-up (keyauth.New), " + keys, Value: f.WarmupMS, Unit: "ms"})
+	b.add(Figure{Scenario: "scale", Figure: "keyauth node RSS after warm-up, " + keys, Value: f.RSSMiB, Unit: "MiB"})
+	b.addHeapPerKey("scale", f)
+	b.add(Figure{Scenario: "scale", Figure: "keyauth node peak RSS during warm-up, " + keys, Value: f.PeakRSSMiB, Unit: "MiB"})
+	b.add(Figure{Scenario: "scale", Figure: fmt.Sprintf("Verify, %s loaded, %d in turn", keys, f.Probes), Value: f.VerifyNS, Unit: "ns/op"}.
+		withFloor("SHA-256 of the keys", f.SHA256NS))
+	return nil
+}
+
+func (b *bench) addHeapPerKey(scenario string, f nodeFigures) {
+	if f.Keys > 0 {
+		b.add(Figure{Scenario: scenario, Figure: fmt.Sprintf("keyauth heap per key, %d keys", f.Keys), Value: f.HeapMiB * (1 << 20) / float64(f.Keys), Unit: "B"})
+	}
+}
+
+// benchNode runs "telkeys bench node" as a child process, so that its RSS
+// and allocations are a keyauth node's alone, and hands it the sample
+// keys.
+func (b *bench) benchNode(ctx context.Context) (nodeFigures, error) {
+	var f nodeFigures
+	exe, err := os.Executable()
+	if err != nil {
+		return f, err
+	}
+	credsFile, keysFile, err := b.nodeFiles("bench-node")
+	if err != nil {
+		return f, err
+	}
+	cmd := exec.CommandContext(ctx, exe, "bench", "node", "--nats-url", b.svc.NATSURL, "--nats-creds", credsFile,
+		"--events-public-key", keysFile)
+	cmd.Stdin = strings.NewReader(strings.Join(b.data.sample, "\n"))
+	cmd.Stderr = b.progress.w
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	if err := cmd.Run(); err != nil {
+		return f, fmt.Errorf("bench node: %w", err)
+	}
+	if err := json.Unmarshal(out.Bytes(), &f); err != nil {
+		return f, fmt.Errorf("bench node output %q: %w", out.String(), err)
+	}
+	return f, nil
 }
 
 // NodeUsage explains telkeys bench node.

@@ -42,10 +42,13 @@ func TestBenchQuick(t *testing.T) {
 			t.Errorf("%s / %s: target %q without a verdict, or the reverse", f.Scenario, f.Figure, f.Target)
 		}
 	}
-	for _, s := range bench.Scenarios() {
+	for _, s := range bench.DefaultScenarios() {
 		if seen[s] == 0 {
 			t.Errorf("scenario %s reported nothing", s)
 		}
+	}
+	if seen["scale"] != 0 {
+		t.Errorf("the default run ran scale, which runs only when asked for: %d figures", seen["scale"])
 	}
 	if i := slices.IndexFunc(rep.Figures, func(f bench.Figure) bool { return f.Unit == "checks" }); i < 0 {
 		t.Error("no count of deleted keys accepted after their 204")
@@ -58,6 +61,37 @@ func TestBenchQuick(t *testing.T) {
 	for _, want := range []string{"storing the history", "first start: projecting", "revoke: starting", "deletes: 10/10", "deletes with 3 telapi-node processes: 10/10"} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("no progress line %q in:\n%s", want, stderr)
+		}
+	}
+}
+
+// TestBenchScale runs the scale scenario alone, at a size CI can afford:
+// it stores its own history and reports a node's load time and memory for
+// exactly that many keys, and runs nothing else.
+func TestBenchScale(t *testing.T) {
+	code, stdout, stderr := runTelkeys(t, "bench", "--only", "scale", "--keys", "2000", "--json")
+	if code != 0 {
+		t.Fatalf("exit %d\nstderr:\n%s", code, stderr)
+	}
+	var rep bench.Report
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatalf("report is not JSON: %v\n%s", err, stdout)
+	}
+	var figures []string
+	for _, f := range rep.Figures {
+		if f.Scenario != "scale" && f.Scenario != "startup" {
+			t.Errorf("--only scale ran %s: %+v", f.Scenario, f)
+		}
+		if f.Scenario == "scale" {
+			figures = append(figures, f.Figure)
+			if f.Value <= 0 || !strings.Contains(f.Figure, "2000 keys") {
+				t.Errorf("scale figure %q = %v %s", f.Figure, f.Value, f.Unit)
+			}
+		}
+	}
+	for _, want := range []string{"warm-up", "RSS after warm-up", "heap per key", "Verify"} {
+		if !slices.ContainsFunc(figures, func(f string) bool { return strings.Contains(f, want) }) {
+			t.Errorf("no scale figure about %q in %q", want, figures)
 		}
 	}
 }
