@@ -337,8 +337,15 @@ func (s *Server) readyz(c *fiber.Ctx) error {
 // produced it, and this server's verify endpoint already refuses a key
 // deleted by it. The command has already happened, so a timeout is logged,
 // not returned.
+//
+// The answer's Server-Timing header says where its time went: the command
+// (append is the part spent storing the event), the revocation barrier and
+// the read models.
 func (s *Server) readYourWrites(c *fiber.Ctx, res commands.Result) {
 	seq := res.Seq
+	t0 := time.Now()
+	command := t0.Sub(c.Context().Time())
+	var barrier time.Duration
 	if res.Revokes {
 		// The revocation barrier: answer once every live node refuses
 		// what the command took away, or once the bound has fenced the
@@ -346,6 +353,7 @@ func (s *Server) readYourWrites(c *fiber.Ctx, res commands.Result) {
 		bctx, cancel := context.WithTimeout(c.UserContext(), s.cfg.Nodes.Bound()+time.Second)
 		confirmed, live := s.cfg.Nodes.Wait(bctx, seq, res.Event.Time)
 		cancel()
+		barrier = time.Since(t0)
 		c.Set("Telkeys-Nodes-Confirmed", strconv.Itoa(confirmed)+"/"+strconv.Itoa(live))
 		if confirmed < live {
 			s.cfg.Log.Warn("revocation barrier: nodes did not confirm within the bound; they have fenced themselves",
@@ -360,6 +368,24 @@ func (s *Server) readYourWrites(c *fiber.Ctx, res commands.Result) {
 	if err := s.cfg.Projection.Wait(ctx, seq); err != nil {
 		s.cfg.Log.Warn("read models lag behind a command", "seq", seq, "err", err)
 	}
+	c.Set("Server-Timing", serverTiming(command, res.Append, barrier, time.Since(t0)-barrier))
+}
+
+// serverTiming formats a command's Server-Timing header (durations in ms).
+func serverTiming(command, appendEvent, barrier, readModels time.Duration) string {
+	b := make([]byte, 0, 96)
+	for i, p := range []struct {
+		name string
+		d    time.Duration
+	}{{"command", command}, {"append", appendEvent}, {"barrier", barrier}, {"read", readModels}} {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, p.name...)
+		b = append(b, ";dur="...)
+		b = strconv.AppendFloat(b, float64(p.d.Microseconds())/1000, 'f', 3, 64)
+	}
+	return string(b)
 }
 
 // jsonMarshal encodes without HTML escaping, so names show as typed.

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -223,6 +225,7 @@ func (b *bench) revokeAcrossProcesses(ctx context.Context, keys []storedKey) err
 	}
 	tok := b.token(auth.RoleMember, benchTeam(0))
 	var took latencies
+	var parts []deleteParts
 	accepted := 0
 	for i, k := range keys {
 		req, _ := http.NewRequestWithContext(ctx, "DELETE", "http://"+b.svc.HTTPAddr+"/v1/teams/"+k.team+"/api-keys/"+k.id, nil)
@@ -237,6 +240,7 @@ func (b *bench) revokeAcrossProcesses(ctx context.Context, keys []storedKey) err
 		if res.StatusCode != 204 {
 			return fmt.Errorf("DELETE: status %d", res.StatusCode)
 		}
+		parts = append(parts, parseServerTiming(res.Header.Get("Server-Timing"), took[len(took)-1]))
 		var wg sync.WaitGroup
 		var mu sync.Mutex
 		for _, p := range nodes {
@@ -251,6 +255,7 @@ func (b *bench) revokeAcrossProcesses(ctx context.Context, keys []storedKey) err
 		wg.Wait()
 		b.progress.tick("deletes with 3 telapi-node processes", i+1, len(keys))
 	}
+	b.addSlowestParts(parts)
 	took, floor = took.sorted(), floor.sorted()
 	what := fmt.Sprintf("3 telapi-node processes, %d deletes", len(keys))
 	name := "POST create, one at a time, same setup"
@@ -258,6 +263,61 @@ func (b *bench) revokeAcrossProcesses(ctx context.Context, keys []storedKey) err
 	b.add(Figure{Scenario: "revoke", Figure: "DELETE with the barrier, " + what + ", p99", Value: ms(took.at(0.99)), Unit: "ms"}.withFloor(name, ms(floor.at(0.99))).atMost(5))
 	b.add(Figure{Scenario: "revoke", Figure: "checks that found a deleted key accepted after its 204, " + what, Value: float64(accepted), Unit: "checks"}.atMost(0))
 	return nil
+}
+
+// deleteParts is where one DELETE's time went, from its Server-Timing
+// header: the command before its append (authentication, the decision,
+// signing), the append (the event's fsync), the barrier, the read models,
+// and the rest (HTTP on both ends, and the client).
+type deleteParts struct {
+	total                                time.Duration
+	decide, append, barrier, read, other time.Duration
+}
+
+func parseServerTiming(h string, total time.Duration) deleteParts {
+	d := deleteParts{total: total}
+	for part := range strings.SplitSeq(h, ",") {
+		name, dur, _ := strings.Cut(strings.TrimSpace(part), ";dur=")
+		ms, _ := strconv.ParseFloat(dur, 64)
+		v := time.Duration(ms * float64(time.Millisecond))
+		switch name {
+		case "command":
+			d.decide = v // the append is taken out below
+		case "append":
+			d.append = v
+		case "barrier":
+			d.barrier = v
+		case "read":
+			d.read = v
+		}
+	}
+	d.other = total - d.decide - d.barrier - d.read
+	d.decide -= d.append
+	return d
+}
+
+// addSlowestParts reports where the slowest 1 % of the deletes spent
+// their time, on average: what the DELETE p99 is made of.
+func (b *bench) addSlowestParts(parts []deleteParts) {
+	slices.SortFunc(parts, func(a, b deleteParts) int { return cmp.Compare(b.total, a.total) })
+	slow := parts[:max(1, len(parts)/100)]
+	for _, p := range []struct {
+		name string
+		of   func(deleteParts) time.Duration
+	}{
+		{"the event's append (fsync)", func(d deleteParts) time.Duration { return d.append }},
+		{"the command before its append", func(d deleteParts) time.Duration { return d.decide }},
+		{"the barrier", func(d deleteParts) time.Duration { return d.barrier }},
+		{"the read models", func(d deleteParts) time.Duration { return d.read }},
+		{"HTTP and the client", func(d deleteParts) time.Duration { return d.other }},
+	} {
+		var sum time.Duration
+		for _, d := range slow {
+			sum += p.of(d)
+		}
+		b.add(Figure{Scenario: "revoke", Figure: fmt.Sprintf("slowest %d DELETEs, mean time in %s (Server-Timing)", len(slow), p.name),
+			Value: ms(sum / time.Duration(len(slow))), Unit: "ms"})
+	}
 }
 
 // createLatency creates n keys one at a time, in a team of their own, with

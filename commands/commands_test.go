@@ -129,6 +129,7 @@ func TestColdLoadSeesHistory(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	a.Wait() // snapshots are stored after the command answers
 	if _, err := h.Snapshots.Get(ctx, events.TeamAggregate("team")); err != nil {
 		t.Fatalf("no snapshot after 81 events: %v", err)
 	}

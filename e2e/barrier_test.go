@@ -5,6 +5,8 @@ package e2e
 
 import (
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -97,6 +99,11 @@ func TestRevocationBarrier(t *testing.T) {
 		if took > bound+2*time.Second {
 			t.Fatalf("the DELETE waited %v, beyond the %v bound", took, bound)
 		}
+		// Server-Timing says where the wait went: the barrier.
+		timing := serverTiming(t, r.header.Get("Server-Timing"))
+		if timing["barrier"] < bound/2 || timing["append"] <= 0 || timing["append"] > timing["command"] || timing["barrier"] > took {
+			t.Fatalf("Server-Timing %q after %v with a %v bound", r.header.Get("Server-Timing"), took, bound)
+		}
 		if r, err := apis[0].apps(k["key"].(string)); err != nil || r.status == 200 {
 			t.Fatalf("the paused node's first answer: %v %v", outcome(r), err)
 		}
@@ -152,6 +159,24 @@ func listedNodes(t *testing.T, s *testService, state string) []string {
 		if n := n.(map[string]any); state == "" || n["state"] == state {
 			out = append(out, n["name"].(string))
 		}
+	}
+	return out
+}
+
+// serverTiming parses a command's Server-Timing header into its parts.
+func serverTiming(t *testing.T, h string) map[string]time.Duration {
+	t.Helper()
+	out := map[string]time.Duration{}
+	for part := range strings.SplitSeq(h, ",") {
+		name, dur, ok := strings.Cut(strings.TrimSpace(part), ";dur=")
+		ms, err := strconv.ParseFloat(dur, 64)
+		if !ok || err != nil || ms < 0 {
+			t.Fatalf("Server-Timing %q: bad part %q", h, part)
+		}
+		out[name] = time.Duration(ms * float64(time.Millisecond))
+	}
+	if len(out) != 4 {
+		t.Fatalf("Server-Timing %q: want command, append, barrier and read", h)
 	}
 	return out
 }

@@ -274,6 +274,17 @@ func (h *leakHunt) scanJetStream(t *testing.T) {
 			t.Fatalf("stream %s not found among %v", want, h.streams)
 		}
 	}
+	// Snapshots are stored just after the command that calls for one answers.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		st, err := js.Stream(ctx, bus.KVStream(bus.BucketSnapshots))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info, err := st.Info(ctx); err == nil && info.State.Msgs > 0 || time.Now().After(deadline) {
+			break
+		}
+		<-time.After(10 * time.Millisecond) // poll
+	}
 	h.msgs = map[string][]jetstream.Msg{}
 	for _, st := range h.streams {
 		h.msgs[st] = h.l.scanStream(t, js, st)

@@ -186,6 +186,7 @@ type Service struct {
 	h         *bus.Handles
 	validator *keyauth.Validator
 	api       *api.Server
+	cmds      *commands.Handler
 	httpErr   chan error
 	trackSub  *nats.Subscription
 	nodesSub  *nats.Subscription
@@ -266,7 +267,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (svc *Service, err
 		return nil, err
 	}
 	reg.MustRegister(api.NodeLag(nodes, svc.validator))
-	cmds, err := commands.New(commands.Config{
+	svc.cmds, err = commands.New(commands.Config{
 		JS: js, Events: svc.h.Events, Snapshots: svc.h.Snapshots, Signer: signer, Keys: keys,
 		Log: log.With("component", "commands"), Observe: metrics.ObserveCommand,
 	})
@@ -281,7 +282,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (svc *Service, err
 	}
 	svc.api, err = api.New(api.Config{
 		LeakKeys: leakKeys, LeakAction: api.LeakAction(cfg.LeakAction),
-		Commands: cmds, Queries: projections.NewReadModel(svc.h), Projection: tracker, Verifier: svc.validator, Nodes: nodes,
+		Commands: svc.cmds, Queries: projections.NewReadModel(svc.h), Projection: tracker, Verifier: svc.validator, Nodes: nodes,
 		Audit: &audit.Log{JS: js, Keys: keys}, Auth: authority, Metrics: metrics, Gatherer: reg, Log: log, DevLogin: cfg.DevLogin,
 		Ready: func(ctx context.Context) error { return svc.ready(ctx, tracker, readyAt) },
 	})
@@ -516,6 +517,9 @@ func (s *Service) Shutdown(ctx context.Context) error {
 		if s.stopBg != nil {
 			s.stopBg()
 			s.bg.Wait()
+		}
+		if s.cmds != nil {
+			s.cmds.Wait() // snapshots still being stored
 		}
 		if s.validator != nil {
 			s.writeKeyIndex(ctx, 1)
