@@ -110,6 +110,21 @@ func (t *table) add(id []byte) (uint32, *record) {
 	return slot, r
 }
 
+// reserve allocates the chunks for n more keys in one piece, advised to
+// huge pages before anything touches it (adviseHugePages).
+func (t *table) reserve(n int) {
+	first := (t.n + chunkLen - 1) >> chunkBits
+	end := min((uint64(t.n)+uint64(n)+chunkLen-1)>>chunkBits, maxChunks)
+	if uint64(first) >= end {
+		return
+	}
+	slab := make([]chunk, end-uint64(first))
+	adviseHugePages(unsafe.Pointer(&slab[0]), uintptr(len(slab))*unsafe.Sizeof(chunk{}))
+	for i := range slab {
+		t.chunks[int(first)+i] = &slab[i]
+	}
+}
+
 // id returns the id of the key in slot, without a copy: the bytes never
 // change once written.
 func (t *table) id(slot uint32) string {
@@ -189,13 +204,20 @@ func place(entries []atomic.Uint64, h *apikey.Hash, e uint64) {
 	entries[i].Store(e)
 }
 
-// resize rebuilds sh's index with room for n keys; the caller holds mu.
-func (s *state) resize(sh *shard, n int) {
+// indexSize is the size of an index with room for n keys.
+func indexSize(n int) int {
 	size := 8
 	for size*3 < n*4 {
 		size *= 2
 	}
-	entries := make([]atomic.Uint64, size)
+	return size
+}
+
+// resize rebuilds sh's index with room for n keys; the caller holds mu.
+func (s *state) resize(sh *shard, n int) { s.rehash(sh, make([]atomic.Uint64, indexSize(n))) }
+
+// rehash moves sh's index into entries; the caller holds mu.
+func (s *state) rehash(sh *shard, entries []atomic.Uint64) {
 	for i := range sh.table() {
 		if e := sh.table()[i].Load(); e != 0 {
 			place(entries, &s.table.rec(uint32(e)-1).hash, e)
@@ -204,13 +226,18 @@ func (s *state) resize(sh *shard, n int) {
 	sh.entries.Store(&entries)
 }
 
-// presize makes room for n keys before a bulk load.
+// presize makes room for n keys before a bulk load: their records, and
+// the shards' indexes in one piece, both advised to huge pages.
 func (s *state) presize(n int) {
+	s.table.reserve(n)
+	size := indexSize(n/shards + n/shards/8)
+	all := make([]atomic.Uint64, shards*size)
+	adviseHugePages(unsafe.Pointer(&all[0]), uintptr(len(all))*8)
 	for i := range s.keys {
 		sh := &s.keys[i]
 		sh.mu.Lock()
 		if sh.n == 0 {
-			s.resize(sh, n/shards+n/shards/8)
+			s.rehash(sh, all[i*size:(i+1)*size:(i+1)*size])
 		}
 		sh.mu.Unlock()
 	}
