@@ -144,3 +144,35 @@ func FuzzCheck(f *testing.F) {
 		}
 	})
 }
+
+// TestRememberedSignatures: a signature that verified is not checked
+// again, but only the same key id, message and signature, byte for byte,
+// count as seen: a changed bit in either, or another key's id, is checked
+// (and refused) as before.
+func TestRememberedSignatures(t *testing.T) {
+	s, other := newSigner(t), newSigner(t)
+	keys := NewKeys(s.PublicKey(), other.PublicKey())
+	e, _ := signed(t, s, "evt_1", nil, testKey)
+	if err := keys.Verify(e.KeyID, e.Hash, e.Sig); err != nil {
+		t.Fatal(err)
+	}
+	if !keys.seen.has(e.KeyID, e.Hash, e.Sig) {
+		t.Fatal("a verified signature is not remembered")
+	}
+	if err := keys.Verify(e.KeyID, e.Hash, e.Sig); err != nil {
+		t.Fatalf("again: %v", err)
+	}
+	flip := func(b []byte, i int) []byte { c := append([]byte(nil), b...); c[i] ^= 1; return c }
+	for name, try := range map[string]func() error{
+		"signature changed": func() error { return keys.Verify(e.KeyID, e.Hash, flip(e.Sig, 63)) },
+		"message changed":   func() error { return keys.Verify(e.KeyID, flip(e.Hash, 31), e.Sig) },
+		"another key's id":  func() error { return keys.Verify(other.KeyID(), e.Hash, e.Sig) },
+	} {
+		if err := try(); !errors.Is(err, ErrBadSignature) {
+			t.Errorf("%s: %v, want ErrBadSignature", name, err)
+		}
+	}
+	if err := keys.Verify("0123456789abcdef", e.Hash, e.Sig); !errors.Is(err, ErrUntrustedKey) {
+		t.Errorf("an untrusted key id: %v", err)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -56,7 +57,50 @@ func (s *Signer) Seal(e *Envelope) {
 
 // Keys are the public keys a reader trusts, by id: usually one, several
 // while a signing key is rotated.
-type Keys struct{ byID map[string]ed25519.PublicKey }
+type Keys struct {
+	byID map[string]ed25519.PublicKey
+	seen verified
+}
+
+// verified remembers the last signatures that verified, by the message's
+// first bytes: in telkeys the projector and the server's own validator
+// check every event as it is appended, and an Ed25519 check costs 45 µs
+// of the two cores; the second one is now a compare. An entry matches only
+// the same key id, message and signature, byte for byte, so a hit is a
+// signature that verified over exactly these bytes.
+type verified struct {
+	mu    sync.Mutex
+	slots [1024]verifiedSlot
+}
+
+type verifiedSlot struct {
+	kid string
+	msg [32]byte
+	sig [ed25519.SignatureSize]byte
+}
+
+func (v *verified) slot(msg []byte) *verifiedSlot {
+	return &v.slots[(uint(msg[0])|uint(msg[1])<<8)%uint(len(v.slots))]
+}
+
+func (v *verified) has(kid string, msg, sig []byte) bool {
+	if len(msg) != 32 || len(sig) != ed25519.SignatureSize {
+		return false
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	s := v.slot(msg)
+	return s.kid == kid && [32]byte(msg) == s.msg && [ed25519.SignatureSize]byte(sig) == s.sig
+}
+
+func (v *verified) add(kid string, msg, sig []byte) {
+	if len(msg) != 32 || len(sig) != ed25519.SignatureSize {
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	*v.slot(msg) = verifiedSlot{kid: kid, msg: [32]byte(msg), sig: [ed25519.SignatureSize]byte(sig)}
+}
 
 // NewKeys trusts pubs.
 func NewKeys(pubs ...ed25519.PublicKey) *Keys {
@@ -109,9 +153,13 @@ func (k *Keys) Verify(kid string, msg, sig []byte) error {
 	if !ok {
 		return ErrUntrustedKey
 	}
+	if k.seen.has(kid, msg, sig) {
+		return nil
+	}
 	if len(sig) != ed25519.SignatureSize || !ed25519.Verify(pub, msg, sig) {
 		return ErrBadSignature
 	}
+	k.seen.add(kid, msg, sig)
 	return nil
 }
 
