@@ -132,7 +132,8 @@ history), stores --keys keys in teams of 1000, and runs:
                 --duration (429s below the limit) and its request p99, vs the
                 same load on a team without a limit
   create        POST /v1/teams/{team}/api-keys, 16 clients, vs raw JetStream
-                publishes (same fsync, expected-sequence header, 16 publishers)
+                publishes (same fsync, expected-sequence header, 16 publishers);
+                the telapi-node processes stop first: nodes run elsewhere
   replay        audit verify and audit state of the whole history, vs a raw
                 ordered-consumer read of the same stream
   startup       start until /readyz answers 200, with every key stored
@@ -345,14 +346,20 @@ func (b *bench) dial(url string, role bus.Role, name string) (*nats.Conn, error)
 
 func (b *bench) close() {
 	b.stopNodes()
-	if b.stopProcs != nil {
-		b.stopProcs()
-	}
+	b.stopProcesses()
 	if b.nc != nil {
 		b.nc.Close()
 	}
 	if b.svc != nil {
 		_ = b.svc.Shutdown(context.Background())
+	}
+}
+
+// stopProcesses stops the telapi-node processes, if any run.
+func (b *bench) stopProcesses() {
+	if b.stopProcs != nil {
+		b.stopProcs()
+		b.procs, b.stopProcs = nil, nil
 	}
 }
 
