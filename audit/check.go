@@ -52,7 +52,9 @@ func readChecked(ctx context.Context, js jetstream.JetStream, keys *events.Keys,
 	checkers, batchSize int, chain *events.Chain, stop func(*jetstream.MsgMetadata) bool, fn func(*item) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	cons, err := js.OrderedConsumer(ctx, src.name, cfg)
+	cctx, ccancel := context.WithTimeout(ctx, bus.ScanTimeout)
+	cons, err := js.OrderedConsumer(cctx, src.name, cfg)
+	ccancel()
 	if err != nil {
 		return err
 	}

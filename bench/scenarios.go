@@ -45,7 +45,9 @@ func (b *bench) replay(ctx context.Context) error {
 		return float64(n) / time.Since(t0).Seconds(), err
 	}
 	raw, err := timed(func() error {
-		cons, err := b.js.OrderedConsumer(ctx, bus.EventStream, jetstream.OrderedConsumerConfig{})
+		cctx, cancel := context.WithTimeout(ctx, bus.ScanTimeout)
+		cons, err := b.js.OrderedConsumer(cctx, bus.EventStream, jetstream.OrderedConsumerConfig{})
+		cancel()
 		if err != nil {
 			return err
 		}

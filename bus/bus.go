@@ -407,6 +407,12 @@ func asyncPersist(replicas int) jetstream.PersistModeType {
 	return jetstream.AsyncPersistMode
 }
 
+// ScanTimeout bounds a JetStream API request that makes the server count
+// or scan a whole stream: creating a consumer from the start of ten million
+// events, or its info, took more than the client's default 5 s on two busy
+// cores.
+const ScanTimeout = time.Minute
+
 // ErrStop ends ReadPending early without an error.
 var ErrStop = errors.New("bus: stop reading")
 
@@ -416,9 +422,11 @@ var ErrStop = errors.New("bus: stop reading")
 // messages again, which takes time linear in the stream's subjects: reading
 // a million-key bucket in batches that way was quadratic.
 func ReadPending(ctx context.Context, cons jetstream.Consumer, fn func(jetstream.Msg, *jetstream.MsgMetadata) error) error {
-	info, err := cons.Info(ctx)
+	ictx, cancel := context.WithTimeout(ctx, ScanTimeout)
+	info, err := cons.Info(ictx)
+	cancel()
 	if err != nil {
-		return err
+		return fmt.Errorf("bus: consumer info: %w", err)
 	}
 	remaining := info.NumPending
 	if remaining == 0 {

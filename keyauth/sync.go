@@ -239,12 +239,14 @@ func (v *Validator) applyChecked(c checked) bool {
 // checks a batch's signatures on every core, then links and applies the
 // batch in stream order.
 func (v *Validator) replay(ctx context.Context, from, target uint64) error {
-	cons, err := v.js.OrderedConsumer(ctx, bus.EventStream, jetstream.OrderedConsumerConfig{
+	cctx, cancel := context.WithTimeout(ctx, bus.ScanTimeout)
+	cons, err := v.js.OrderedConsumer(cctx, bus.EventStream, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{bus.EventSubjects},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy, OptStartSeq: from,
 	})
+	cancel()
 	if err != nil {
-		return err
+		return fmt.Errorf("consumer: %w", err)
 	}
 	var batch []checked
 	var data [][]byte

@@ -241,9 +241,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (svc *Service, err
 	}
 	if svc.validator, err = keyauth.New(ctx, svc.nc, keyauth.Config{Name: svc.name, Keys: keys, Signer: signer, Log: log.With("component", "keyauth"),
 		// Without a key index (a first start on a long history) the
-		// validator checks every event's signature: about 25 s per
-		// million events on two cores.
-		ReadyTimeout: 10 * time.Minute}); err != nil {
+		// validator checks every event's signature while the projector
+		// does the same: at ten million events that took more than the
+		// ten minutes this once allowed (bench --only scale). Only ctx
+		// (a signal) stops it.
+		ReadyTimeout: 24 * time.Hour}); err != nil {
 		return nil, err
 	}
 	stage("validator loaded")
