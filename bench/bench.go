@@ -125,7 +125,10 @@ history), stores --keys keys in teams of 1000, and runs:
                 core NATS publish-to-receive latency on the same connections;
                 the other half with 3 telapi-node processes (beside telkeys, as
                 make build leaves them): DELETE latency behind the revocation
-                barrier, and every node asked at once after each 204
+                barrier, vs a create (which waits for no node) just before
+                each DELETE; where the slowest DELETEs spent their time (their
+                Server-Timing); the disk's own fsync latency; and every node
+                asked at once after each 204
   quota         a daily limit of 2000 across 3 telapi-node processes: a burst
                 (each node offered 5x the limit at once; admitted must be
                 1980-2000), then a steady load at 80% of the limit spread over

@@ -58,7 +58,7 @@ func TestBenchQuick(t *testing.T) {
 	if i := slices.IndexFunc(rep.Figures, func(f bench.Figure) bool { return f.Scenario == "verify-local" && f.Unit == "allocs/op" }); i < 0 || rep.Figures[i].Value != 0 {
 		t.Errorf("Verify allocates: %+v", rep.Figures[i])
 	}
-	for _, want := range []string{"storing the history", "first start: projecting", "revoke: starting", "deletes: 10/10", "deletes with 3 telapi-node processes: 10/10"} {
+	for _, want := range []string{"storing the history", "first start: projecting", "revoke: starting", "deletes: 10/10", "deletes with 3 telapi-node processes (each after a create): 10/10"} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("no progress line %q in:\n%s", want, stderr)
 		}
