@@ -41,7 +41,18 @@ type Filter struct {
 	// Checkers is how many goroutines check signatures (0: GOMAXPROCS),
 	// Batch how many messages each takes at once (0: 256).
 	Checkers, Batch int
+	// headsOnly checks every event but its signature, then the signature
+	// of the last event linked on each chain, which vouches for the chain
+	// (events.Keys.CheckContent). The replay fails with errUnverifiedHead
+	// if one does not verify; the caller must then replay with every
+	// signature checked. Only StateAt, which delivers no invalid message
+	// and no reason, may use it.
+	headsOnly bool
 }
+
+// errUnverifiedHead: the last event linked on a chain is not validly
+// signed, so an event of that chain may be forged (Filter.headsOnly).
+var errUnverifiedHead = errors.New("audit: the last event of a chain does not verify")
 
 // Event is one stored message as an auditor sees it: a valid event, or
 // (with Filter.IncludeInvalid) a message that is not one.
@@ -151,7 +162,15 @@ func replay(ctx context.Context, js jetstream.JetStream, keys *events.Keys, src 
 	}
 	var done uint64
 	n := 0
-	err := readChecked(ctx, js, keys, src, cfg, f.Checkers, f.Batch, pos.chain, stop, func(it *item) error {
+	check := keys.Check
+	heads := map[string]events.Envelope{} // with headsOnly: the last event linked on each chain
+	if f.headsOnly {
+		check = keys.CheckContent
+	}
+	err := readChecked(ctx, js, check, src, cfg, f.Checkers, f.Batch, pos.chain, stop, func(it *item) error {
+		if f.headsOnly && it.err == nil {
+			heads[it.env.Aggregate] = it.env
+		}
 		pos.seq = it.seq
 		if done++; progress != nil && (done%1000 == 0 || it.pending == 0) {
 			progress(done, src.last)
@@ -175,6 +194,11 @@ func replay(ctx context.Context, js jetstream.JetStream, keys *events.Keys, src 
 		}
 		return nil
 	})
+	for _, h := range heads {
+		if err == nil && keys.VerifyHead(h) != nil {
+			err = errUnverifiedHead
+		}
+	}
 	return pos, err
 }
 

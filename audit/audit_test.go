@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -327,7 +328,13 @@ func TestForgedMessages(t *testing.T) {
 		t.Fatalf("event ids: %+v", b.Problems[:2])
 	}
 
-	// The state: the deleted key stays deleted, no forged key, the real one is there.
+	// A forged event (a bad signature) linked where the real one after it
+	// belonged: checking only the last signatures notices...
+	if _, err := audit.HeadsOnlyState(ctx, hs.js, hs.keys, "acme"); !errors.Is(err, audit.ErrUnverifiedHead) {
+		t.Fatalf("checking only the last signatures of a forged history: %v", err)
+	}
+	// ...and StateAt checks every signature instead. The state: the
+	// deleted key stays deleted, no forged key, the real one is there.
 	st, err := audit.StateAt(ctx, hs.js, hs.keys, "", time.Time{}, "acme")
 	if err != nil {
 		t.Fatal(err)
@@ -484,6 +491,11 @@ func TestStateAt(t *testing.T) {
 	}
 	if live, _ := hs.rm.WebRTC(ctx); now.WebRTC != live || now.WebRTC {
 		t.Fatalf("webrtc replayed %v, live %v", now.WebRTC, live)
+	}
+	// On an intact history the last signature of each chain is enough,
+	// and gives the same state.
+	if fast, err := audit.HeadsOnlyState(ctx, hs.js, hs.keys, ""); err != nil || !reflect.DeepEqual(fast, now) {
+		t.Fatalf("checking only the last signatures: %v\n%+v\nwant %+v", err, fast, now)
 	}
 
 	// Between the create and the delete, the key was active and webrtc on.

@@ -22,6 +22,10 @@ import (
 // (events.Chain.Link). Together the two halves are events.Chain.Check
 // (TestParallelCheckIsChainCheck).
 
+// checkFunc is events.Keys.Check, or CheckContent for a replay that
+// verifies only the last event of each chain (Filter.headsOnly).
+type checkFunc func(aggregate string, data []byte) (events.Envelope, events.Payload, error)
+
 // defaultBatch is how many messages a checker takes at once.
 const defaultBatch = 256
 
@@ -48,7 +52,7 @@ type batch struct {
 // calls fn with each in stream order from the calling goroutine, until fn
 // returns an error (bus.ErrStop: stop without one). chain is the state
 // before the first message; it ends after the last one fn saw.
-func readChecked(ctx context.Context, js jetstream.JetStream, keys *events.Keys, src source, cfg jetstream.OrderedConsumerConfig,
+func readChecked(ctx context.Context, js jetstream.JetStream, check checkFunc, src source, cfg jetstream.OrderedConsumerConfig,
 	checkers, batchSize int, chain *events.Chain, stop func(*jetstream.MsgMetadata) bool, fn func(*item) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -104,7 +108,7 @@ func readChecked(ctx context.Context, js jetstream.JetStream, keys *events.Keys,
 			for b := range work {
 				for i := range b.items {
 					it := &b.items[i]
-					it.env, it.p, it.err = keys.Check(it.agg, it.data)
+					it.env, it.p, it.err = check(it.agg, it.data)
 					it.data = nil
 				}
 				close(b.done)

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"time"
@@ -43,11 +44,25 @@ type KeyState struct {
 // (all of them if at is zero), optionally of one team, and returns the
 // state they produce. A stored message that is not a valid event changes
 // nothing.
+//
+// It checks the signature of the last event of each chain only, which
+// vouches for every event before it (events.Keys.CheckContent). If one
+// does not verify, an event may have been forged, and it replays again
+// with every signature checked.
 func StateAt(ctx context.Context, js jetstream.JetStream, keys *events.Keys, stream string, at time.Time, team string) (State, error) {
+	st, err := stateAt(ctx, js, keys, Filter{Stream: stream, Until: at, headsOnly: true}, team)
+	if errors.Is(err, errUnverifiedHead) {
+		st, err = stateAt(ctx, js, keys, Filter{Stream: stream, Until: at}, team)
+	}
+	return st, err
+}
+
+func stateAt(ctx context.Context, js jetstream.JetStream, keys *events.Keys, f Filter, team string) (State, error) {
+	at := f.Until
 	teams := map[string]*domain.Team{}
 	platform := domain.NewPlatform()
 	st := State{At: at}
-	err := Replay(ctx, js, keys, Filter{Stream: stream, Until: at}, func(e Event) error {
+	err := Replay(ctx, js, keys, f, func(e Event) error {
 		env, p := e.Envelope, e.Payload
 		if (!at.IsZero() && env.Time.After(at)) || p == nil {
 			return nil // dated after at, or of a type this binary does not know: no state it knows changes

@@ -176,3 +176,31 @@ func TestRememberedSignatures(t *testing.T) {
 		t.Errorf("an untrusted key id: %v", err)
 	}
 }
+
+// TestCheckContent: everything but the signature itself. A bad signature
+// passes it (VerifyHead then refuses it), an untrusted or missing key id
+// does not.
+func TestCheckContent(t *testing.T) {
+	s, other := newSigner(t), newSigner(t)
+	keys := NewKeys(s.PublicKey())
+	e, _ := signed(t, s, "evt_1", nil, testKey)
+	e.Sig[3] ^= 1
+	bad, err := e.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := keys.Check(TeamAggregate("acme"), bad); !errors.Is(err, ErrBadSignature) {
+		t.Fatalf("Check of a bad signature: %v", err)
+	}
+	got, p, err := keys.CheckContent(TeamAggregate("acme"), bad)
+	if err != nil || p == nil {
+		t.Fatalf("CheckContent of a bad signature: %v", err)
+	}
+	if err := keys.VerifyHead(got); !errors.Is(err, ErrBadSignature) {
+		t.Fatalf("VerifyHead of a bad signature: %v", err)
+	}
+	_, untrusted := signed(t, other, "evt_2", nil, testKey)
+	if _, _, err := keys.CheckContent(TeamAggregate("acme"), untrusted); !errors.Is(err, ErrUntrustedKey) {
+		t.Fatalf("CheckContent of another key's event: %v", err)
+	}
+}
